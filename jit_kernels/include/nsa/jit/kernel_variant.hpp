@@ -1,0 +1,69 @@
+#pragma once
+// A kernel variant: one design, specialised for one family (compile-time shape constants) and
+// one setting of the design's tuning knobs, for one target arch. Its key spells out all of it:
+//   sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps4_stages2.sm90
+// The runtime part of a problem (batch, T_q, T_kv, H_kv) is a kernel argument, never a constant.
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace nsa::jit {
+
+enum class ElemType : std::uint8_t { bf16, fp16 };
+
+/// Compile-time constants shared by every design.
+struct FamilySpec {
+  ElemType dtype = ElemType::bf16;
+  int d_qk = 128, d_v = 128;
+  int h = 16;       // query heads per KV group
+  int block = 64;   // l'
+  int n = 16;       // selected blocks per row
+  bool operator==(const FamilySpec&) const = default;
+  /// "dqk128_dv128_h16_blk64_n16_bf16"
+  std::string key() const;
+};
+
+/// Designs. Families 1-2 of the spec are `reference` and the SDPA baseline (`sdpa_packed`:
+/// gather + dense attention); the rest are sparse selection designs.
+enum class Design : std::uint8_t { reference, sdpa_packed, query_outer, split_kv, prefill_shared };
+std::string_view to_string(Design);
+bool is_sparse(Design);
+
+struct KernelVariant {
+  Design design = Design::reference;
+  FamilySpec spec;
+  /// The design's knobs, in the order they appear in the key ("warps", 4), ("stages", 2).
+  std::vector<std::pair<std::string, int>> knobs;
+  std::string arch = "sm_90";  // NVRTC target: sm_80, sm_86, sm_89, sm_90, sm_90a, ...
+
+  /// "sel_fwd.<design>.<spec>.<knob><value>_....<arch without '_'>"
+  std::string key() const;
+  int knob(const std::string& name, int fallback) const;
+  /// "#define NSA_DQK 128\n#define NSA_KNOB_WARPS 4\n..." prepended to the design's source:
+  /// NSA_DQK NSA_DV NSA_H NSA_BLOCK NSA_N NSA_DTYPE_BF16|NSA_DTYPE_FP16 and NSA_KNOB_<NAME>.
+  std::string prelude() const;
+};
+
+/// The runtime shape a launch plan is computed for.
+struct RuntimeShape {
+  std::int64_t batch = 1, t_q = 1, t_kv = 1, h_kv = 1;
+};
+
+/// One kernel launch of a plan.
+struct Launch {
+  std::string entry;                 // extern "C" __global__ name in the design's source
+  unsigned grid[3] = {1, 1, 1};
+  unsigned block[3] = {128, 1, 1};
+  unsigned shared_bytes = 0;         // dynamic shared memory
+};
+
+/// Everything needed to run a variant on a shape: its launches, in order, all taking the same
+/// SelectionParams, and the workspace they share.
+struct LaunchPlan {
+  std::vector<Launch> launches;
+  std::uint64_t workspace_bytes = 0;
+};
+
+}  // namespace nsa::jit
