@@ -1,0 +1,30 @@
+#pragma once
+// The operators' report: what was measured and decided, per architecture. Built from the store
+// as a JSON model (the daemon's `report` reply carries it; nsa-tunectl builds it from the store
+// directly when no daemon runs), then rendered. docs/report.md explains how to read it.
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "nsa/cache/records.hpp"
+#include "nsa/cache/verdict_store.hpp"
+
+namespace nsa::tuner {
+
+enum class ReportFormat { text, json, csv, markdown };
+std::optional<ReportFormat> parse_report_format(std::string_view);
+
+/// The report model. `current_classes` are the device classes of this host now (empty on a host
+/// without a GPU, or when read by a tool that does not probe): verdicts of other classes are
+/// reported as stale. Shape of the model: docs/report.md.
+nlohmann::json build_report(const cache::VerdictStore&,
+                            const std::vector<cache::DeviceClass>& current_classes);
+
+/// Renders a model made by build_report (possibly received over the socket).
+std::string render_report(const nlohmann::json& report, ReportFormat);
+
+}  // namespace nsa::tuner
