@@ -39,8 +39,12 @@ struct Answer {
   static Answer fallback(Provenance why, std::string reason);
 };
 
+/// Every field is written, null where it does not apply (empty string, null launch, 0).
 nlohmann::json to_json(const Answer&);
-/// Parses an answer object; returns nullopt (and fills `error`) on a malformed one.
+/// Parses an answer object; returns nullopt (and fills `error`) on a malformed one: missing or
+/// unknown backend/provenance, no reason, a field of the wrong type, or a sparse answer without a
+/// variant or not `measured`. Absent and null optional fields mean "does not apply"; unknown
+/// fields are ignored (newer daemons may add some).
 std::optional<Answer> answer_from_json(const nlohmann::json&, std::string* error = nullptr);
 
 }  // namespace nsa::api

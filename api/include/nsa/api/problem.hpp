@@ -3,8 +3,10 @@
 // families and points that verdicts are kept for. See docs/protocol.md ("Problems") and
 // ../shared/spec/selection-attention.md for the operation itself.
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -51,10 +53,18 @@ struct Error {
   std::string message;
 };
 
+inline constexpr int kMaxDeviceOrdinal = 1023;
+inline constexpr std::size_t kMaxDeviceUuidBytes = 64;
+inline constexpr int kMaxHkv = 1024;
+inline constexpr std::int64_t kMaxRows = std::int64_t{1} << 48;  // batch * h_kv * t_q
+
 /// Every bound a problem must satisfy, checked before anything else looks at it:
-/// dims multiple of 8 in [8, 256], d_v <= 256, h in [1, 64], h_kv >= 1, block power of two in
-/// [16, 256], n in [1, 128], t_q in [1, t_kv], t_kv in [1, 2^31), batch >= 1, arch like "sm_90".
-/// Returns nullopt when the problem is valid.
+/// dims multiple of 8 in [8, 256], d_v <= 256, h in [1, 64], h_kv in [1, kMaxHkv], block power
+/// of two in [16, 256], n in [1, 128], t_q in [1, t_kv], t_kv in [1, 2^31), batch >= 1,
+/// batch * h_kv * t_q <= kMaxRows, arch like "sm_90"/"sm_90a", device in [0, kMaxDeviceOrdinal],
+/// device_uuid printable and at most kMaxDeviceUuidBytes, at most one target.
+/// Returns nullopt when the problem is valid; else code "bad_shape" (or "bad_request" for two
+/// targets) and a message naming the value and the rule ("D_qk=100 is not a multiple of 8 ...").
 std::optional<Error> validate(const Problem&);
 
 /// Parses a problem object of the protocol (field names as in docs/protocol.md). Returns an
@@ -87,9 +97,15 @@ struct Point {
   /// Query rows of work: batch * h_kv * t_q.
   std::int64_t rows() const { return std::int64_t{batch} * h_kv * t_q; }
   std::string key() const;  // "b64.hkv4.tq1.tkv32768"
+  /// Inverse of key(); nullopt for anything key() would not produce (the store keeps points as text).
+  static std::optional<Point> parse(std::string_view key);
 };
 Point point_of(const Problem&);
 /// Distance used to pick the nearest measured point: |log2 rows ratio| + |log2 t_kv ratio|.
 double point_distance(const Point&, const Point&);
+/// Index of the measured point nearest to `query` (docs/protocol.md, "From shapes to measured
+/// points"); ties go to the larger t_kv, then the larger rows, then the smaller key, so the pick
+/// never depends on the order of `measured`. nullopt when `measured` is empty.
+std::optional<std::size_t> nearest_point(const Point& query, std::span<const Point> measured);
 
 }  // namespace nsa::api

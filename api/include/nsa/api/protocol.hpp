@@ -20,6 +20,12 @@ inline constexpr int kProtocolVersion = 1;
 inline constexpr std::size_t kMaxFrameBytes = 64 * 1024;
 /// At most this many problems in one dispatch request.
 inline constexpr std::size_t kMaxProblemsPerRequest = 256;
+/// A connection holding part of a frame for this long without completing it gets a `timeout`
+/// error and is closed. A connection idle between frames is never timed out.
+inline constexpr int kPartialFrameTimeoutMs = 10'000;
+/// Where clients look for the daemon unless told otherwise (the NSA_TUNE_SOCKET environment
+/// variable overrides it for clients).
+inline constexpr const char* kDefaultSocketPath = "/run/nsa-tune/nsa-tuned.sock";
 
 /// Stable error codes of error replies: {"ok":false,"id":...,"error":{"code":..,"message":..}}.
 namespace errc {
@@ -47,6 +53,18 @@ std::string_view to_string(Op);
 /// Admin operations need the daemon's uid or its configured admin group.
 bool is_admin(Op);
 
+/// A request frame parsed as far as the envelope every op shares.
+struct Request {
+  nlohmann::json id;    // echoed verbatim in the reply: a number, a string, or null when absent
+  Op op = Op::ping;
+  nlohmann::json body;  // the whole request object, for the op's own fields
+};
+/// Parses one frame (without its '\n') into `out`. Errors: not_json (not JSON, or not UTF-8),
+/// bad_request (not an object, or an id that is not a number, string or null), missing_field
+/// (no "op"), bad_type ("op" not a string), unknown_op. `out.id` is set whenever the id could be
+/// read, also on error, so that the error reply carries it.
+std::optional<Error> parse_request(std::string_view frame, Request& out);
+
 /// Serialises one frame: compact JSON and the terminating '\n'.
 std::string encode_frame(const nlohmann::json&);
 
@@ -57,6 +75,9 @@ nlohmann::json error_reply(const nlohmann::json& id, const Error&);
 /// Splits a byte stream into frames. Feed it what the socket returned; take complete frames
 /// out. A frame longer than kMaxFrameBytes is reported once as oversized and its bytes are
 /// discarded up to the next '\n', so one bad frame costs one error reply, not the connection.
+/// A frame is a line: "\r\n" ends one too (the '\r' is dropped) and empty lines are skipped,
+/// so that a person typing into socat is understood. The size limit counts the frame's bytes
+/// without its line end.
 class FrameReader {
  public:
   enum class Kind { frame, oversized };
@@ -68,16 +89,18 @@ class FrameReader {
   void feed(std::string_view bytes);
   /// The next complete item, or nullopt when more bytes are needed.
   std::optional<Item> next();
-  /// Bytes of an incomplete frame held back (0 means the peer is between frames).
-  std::size_t pending() const { return m_discarding ? 1 : m_buffer.size() - m_scan_from_start; }
+  /// Bytes of an incomplete frame held back (0 means the peer is between frames; inside an
+  /// oversized frame it is 1, since the peer is still mid-frame).
+  std::size_t pending() const { return m_discarding ? 1 : m_buffer.size(); }
 
  private:
+  // feed() does all the splitting, looking at each byte once: m_buffer holds only the start of
+  // the incomplete frame, m_ready the items not yet taken (from m_ready_from on).
   std::size_t m_max;
   std::string m_buffer;
-  std::size_t m_scan_from_start = 0;  // consumed prefix of m_buffer
-  bool m_discarding = false;          // inside an oversized frame
-  bool m_oversize_reported = false;
+  bool m_discarding = false;  // inside an oversized frame: drop bytes up to the next '\n'
   std::vector<Item> m_ready;
+  std::size_t m_ready_from = 0;
 };
 
 }  // namespace nsa::api
