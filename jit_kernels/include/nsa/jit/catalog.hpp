@@ -1,0 +1,78 @@
+#pragma once
+// The variant catalog: which kernel variants exist for a family on an arch, and how to launch
+// one on a run-time shape. It is pure arithmetic (no GPU, no NVRTC): the tuner enumerates
+// variants here, the compiler builds them, the driver layer launches them with plan_for().
+//
+// Designs and their knobs (docs/kernels.md, "Kernel designs", explains the algorithms):
+//
+//   design          knob    values            meaning
+//   reference       -       -                 fp32, one CTA per (b, t, query head); 128 threads
+//   sdpa_packed     warps   4, 8              warps of the dense attention kernel
+//                   tile    32, 64, 128       packed keys per pipeline stage
+//                   stages  2, 3, 4           cp.async pipeline depth
+//   query_outer     warps   4, 8              CTA of one (b, g, t) row: warps split the key
+//                   tile    32, 64, 128         columns of each tile (and the h rows when h > 16)
+//                   stages  2, 3, 4           cp.async pipeline depth
+//   split_kv        split   2, 4, 8, 16, 32   CTAs per (b, g, t) row, each a contiguous share of
+//                                               the row's tiles; a combine kernel merges them
+//                   warps   4, 8
+//                   tile    32, 64
+//                   stages  2, 3
+//   prefill_shared  qtile   1, 2, 4, 8        consecutive query rows per CTA (qtile*h <= 128):
+//                                               the union of their selected blocks is loaded once
+//                   warps   4, 8
+//                   tile    32, 64, 128
+//                   stages  2, 3
+//
+// A setting is offered only when it is valid for the family: every warp owns at least 16 key
+// columns of a tile, at most two 16-row MMA tiles, and the dynamic shared memory fits the arch
+// (sm_80/sm_90 227 KiB, sm_86/sm_89 99 KiB, others 48 KiB unless known).
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nsa/jit/kernel_variant.hpp"
+
+namespace nsa::jit {
+
+/// The .cu file of a design in the embedded source table ("query_outer.cu").
+std::string_view source_for(Design);
+
+/// Every design, in a fixed order (reference first, then the baseline, then the sparse ones).
+const std::vector<Design>& all_designs();
+
+/// nullopt when every design can run `spec`; otherwise why not, in words a person can act on
+/// ("D_qk=100 is not a multiple of 16: the MMA k-step is 16 elements; use the sdpa fallback").
+/// Bounds: D_qk and D_v multiples of 16 in [16, 256], h in [1, 64], block a power of two in
+/// [16, 256], n in [1, 128].
+std::optional<std::string> unsupported_reason(const FamilySpec&);
+
+/// Largest dynamic shared memory one CTA may use on `arch` ("sm_90" -> 227 KiB). Unknown archs
+/// get the 48 KiB every CUDA device supports.
+int max_dynamic_shared_bytes(const std::string& arch);
+
+/// Every valid knob setting of `design` for `spec` on `arch`, in a fixed order (the design's
+/// default first). Empty when the spec is unsupported (see unsupported_reason) or no setting
+/// fits the arch's shared memory.
+std::vector<KernelVariant> variants_for(const FamilySpec&, const std::string& arch, Design);
+
+/// variants_for() of every design, reference and sdpa_packed included, concatenated.
+std::vector<KernelVariant> all_variants(const FamilySpec&, const std::string& arch);
+
+/// The design's default setting for `spec` on `arch`: the first entry of variants_for(), or
+/// (when nothing fits) the design's nominal knobs, which a compile or launch will then reject.
+KernelVariant default_variant(Design, const FamilySpec&, const std::string& arch);
+
+/// The launches (entries, grids, blocks, dynamic shared memory) and the workspace a variant
+/// needs for `shape`. Grids are capped at 2^31-1 CTAs (kernels loop over the rest). Throws
+/// std::invalid_argument for a variant whose knobs are not a valid setting (unknown knob value,
+/// a setting variants_for would not offer for its spec) or a non-positive shape.
+LaunchPlan plan_for(const KernelVariant&, const RuntimeShape&);
+
+/// Dynamic shared memory of the variant's largest launch (independent of the run-time shape).
+unsigned shared_bytes_for(const KernelVariant&);
+
+}  // namespace nsa::jit
