@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace nsa::cache {
@@ -31,6 +32,13 @@ struct DeviceClass {
   std::string source_hash;  // hash of all kernel sources
   bool operator==(const DeviceClass&) const = default;
 };
+
+/// The class of a device as recorded at daemon start, with the kernel-source hash of this build
+/// (jit::kernel_source_hash()): what a reader such as nsa-tunectl passes as the host's current
+/// classes when it reads the store without probing the GPU itself.
+DeviceClass class_of(const DeviceRecord&, const std::string& source_hash);
+/// "sm_90 NVIDIA H100 80GB HBM3, driver 13000, NVRTC 13.0, sources 3f2a9c01", for messages.
+std::string describe(const DeviceClass&);
 
 /// A policy decision for an arch that no measurement can lift.
 struct Pin {
@@ -87,6 +95,7 @@ struct Verdict {
   double baseline_rel_l2 = 0;
   std::int64_t run_id = 0;
   bool experimental = false;   // never used for dispatch
+  std::string reason;          // one line: why this backend (margin, gate, rejected candidates)
   std::int64_t created_at = 0;
   bool stale = false;          // filled on read: device class differs from the current one
 };
