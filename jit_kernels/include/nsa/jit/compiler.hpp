@@ -108,7 +108,7 @@ class CompilePool {
   struct InFlight;
   unsigned m_threads;
   CubinCache* m_cache;
-  std::mutex m_mutex;
+  mutable std::mutex m_mutex;
   std::map<CubinKey, std::shared_ptr<InFlight>> m_in_flight;
   std::size_t m_nvrtc_compiles = 0;
 };
