@@ -16,8 +16,12 @@
 namespace nsa::api {
 
 inline constexpr int kProtocolVersion = 1;
-/// A frame is one JSON object followed by '\n'. Longer frames are refused with frame_too_large.
+/// A frame is one JSON object followed by '\n'. Longer request frames are refused with
+/// frame_too_large (the limit counts the bytes before the '\n').
 inline constexpr std::size_t kMaxFrameBytes = 64 * 1024;
+/// Reply frames (a report, 256 answers) may be longer than request frames; clients accept
+/// replies up to this size and treat a longer one as a broken daemon.
+inline constexpr std::size_t kMaxReplyFrameBytes = 16 * 1024 * 1024;
 /// At most this many problems in one dispatch request.
 inline constexpr std::size_t kMaxProblemsPerRequest = 256;
 /// A connection holding part of a frame for this long without completing it gets a `timeout`
