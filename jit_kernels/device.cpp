@@ -21,6 +21,29 @@
 
 namespace nsa::jit {
 namespace detail {
+
+std::string fallback_result_name(CUresult r) {
+  // For when cuGetErrorName is unavailable (no driver, or the toolkit's stub library, whose
+  // entry points all fail): the results the probe can meet before a working driver exists.
+  switch (r) {
+    case CUDA_SUCCESS: return "CUDA_SUCCESS";
+    case CUDA_ERROR_NOT_INITIALIZED: return "CUDA_ERROR_NOT_INITIALIZED";
+    case CUDA_ERROR_STUB_LIBRARY: return "CUDA_ERROR_STUB_LIBRARY";
+    case CUDA_ERROR_NO_DEVICE: return "CUDA_ERROR_NO_DEVICE";
+    case CUDA_ERROR_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
+    case CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: return "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH";
+    case CUDA_ERROR_OPERATING_SYSTEM: return "CUDA_ERROR_OPERATING_SYSTEM";
+    case CUDA_ERROR_UNKNOWN: return "CUDA_ERROR_UNKNOWN";
+    default: return "CUresult " + std::to_string(static_cast<int>(r));
+  }
+}
+
+std::string error_name_with(decltype(&::cuGetErrorName) get_name, CUresult r) {
+  const char* s = nullptr;
+  if (get_name && get_name(r, &s) == CUDA_SUCCESS && s) return s;
+  return fallback_result_name(r);
+}
+
 namespace {
 
 constexpr const char* kFallbackConsequence = "every answer will be the SDPA fallback";
@@ -39,12 +62,6 @@ class DriverLibrary {
  private:
   void* m_handle;
 };
-
-std::string error_name_with(decltype(&::cuGetErrorName) get_name, CUresult r) {
-  const char* s = nullptr;
-  if (get_name && get_name(r, &s) == CUDA_SUCCESS && s) return s;
-  return "CUresult " + std::to_string(static_cast<int>(r));
-}
 
 LoadedDriver load() {
   LoadedDriver out;

@@ -56,9 +56,7 @@ bool is_sticky(CUresult r) {
 
 std::string result_name(CUresult r) {
   const auto& driver = detail::loaded_driver();
-  const char* s = nullptr;
-  if (driver.api && driver.api->get_error_name(r, &s) == CUDA_SUCCESS && s) return s;
-  return "CUresult " + std::to_string(static_cast<int>(r));
+  return detail::error_name_with(driver.api ? driver.api->get_error_name : nullptr, r);
 }
 
 DriverResult<void> ensure_driver() {

@@ -65,4 +65,8 @@ struct LoadedDriver {
 };
 const LoadedDriver& loaded_driver();
 
+/// The name of `r` through `get_name` (cuGetErrorName) when it works, else from a built-in
+/// table of the results met before a driver works, else "CUresult <number>".
+std::string error_name_with(decltype(&::cuGetErrorName) get_name, CUresult r);
+
 }  // namespace nsa::jit::detail

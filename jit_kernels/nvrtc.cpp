@@ -7,6 +7,7 @@
 #include <regex>
 #include <string>
 
+#include "nsa/jit/catalog.hpp"
 #include "nsa/jit/device.hpp"
 #include "nsa/jit/sources.hpp"
 
@@ -147,8 +148,6 @@ bool arch_supported(std::string_view arch) {
   return std::find(archs.begin(), archs.end(), number) != archs.end();
 }
 
-std::string source_name(Design design) { return std::string(to_string(design)) + ".cu"; }
-
 std::vector<KernelResources> parse_ptxas_resources(std::string_view log) {
   static const std::regex entry_re(R"(Compiling entry function '([^']+)')");
   static const std::regex props_re(R"(Function properties for (\S+))");
@@ -224,7 +223,7 @@ std::expected<Cubin, CompileError> compile_source_to_cubin(std::string_view sour
 
 std::expected<Cubin, CompileError> compile_to_cubin(const KernelVariant& variant) {
   const std::string key = variant.key();
-  const std::string name = source_name(variant.design);
+  const std::string name(source_for(variant.design));
   const auto body = find_source(name);
   if (!body)
     return std::unexpected(error(NVRTC_ERROR_INVALID_INPUT,

@@ -2,7 +2,7 @@
 // Run-time compilation of one kernel variant to a cubin with NVRTC.
 //
 // The program NVRTC sees is the variant's prelude (#defines of every compile-time constant and
-// knob, see KernelVariant::prelude) followed by the design's .cu file; every embedded .cuh is
+// knob, see KernelVariant::prelude) followed by the design's .cu file (catalog.hpp: source_for); every embedded .cuh is
 // passed as an in-memory header, so `#include "common.cuh"` resolves without any include path.
 // No CUDA toolkit header directory is given on purpose: a GPU host may have NVRTC but no
 // headers, and a kernel that compiles here must compile there.
@@ -90,9 +90,6 @@ std::string options_string(std::string_view arch);
 /// True for a target NVRTC can compile cubins for ("sm_80", "sm_90a"); checked against
 /// nvrtcGetSupportedArchs, so "sm_91" or "sm90" is false.
 bool arch_supported(std::string_view arch);
-
-/// The source name of a design's .cu file in the embedded table ("query_outer.cu").
-std::string source_name(Design);
 
 /// Compiles `variant` (its prelude + its design's embedded source) for `variant.arch`.
 /// Errors: an unknown arch or a design without an embedded source (NVRTC_ERROR_INVALID_INPUT,
