@@ -1,1 +1,189 @@
-int main() { return 0; }
+// nsa-tuned: start-up, serve, shut down. Each step that can fail says what failed and what to do
+// in one log line and exits with the code --help documents (1 cannot serve, 2 store error,
+// 64 usage), so a unit manager and a person both know what happened.
+
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <optional>
+
+#include <grp.h>
+#include <unistd.h>
+
+#include "nsa/cache/verdict_store.hpp"
+#include "nsa/jit/device.hpp"
+#include "nsa/service/asio.hpp"
+#include "nsa/service/config.hpp"
+#include "nsa/service/handler.hpp"
+#include "nsa/service/log.hpp"
+#include "nsa/service/server.hpp"
+#include "nsa/service/state.hpp"
+
+using namespace nsa::service;
+
+namespace {
+
+std::expected<AdminPolicy, std::string> admin_policy(const Config& c) {
+  AdminPolicy p;
+  p.daemon_uid = ::geteuid();
+  if (c.admin_group.empty()) return p;
+  char buf[16384];
+  group gr{};
+  group* found = nullptr;
+  int rc = ::getgrnam_r(c.admin_group.c_str(), &gr, buf, sizeof buf, &found);
+  if (rc != 0 || !found) {
+    return std::unexpected("admin group '" + c.admin_group + "' (" + c.sources.at("admin_group") +
+                           ") does not exist; create it (groupadd) or fix the setting");
+  }
+  p.admin_gid = found->gr_gid;
+  p.admin_group = c.admin_group;
+  return p;
+}
+
+int run(int argc, char** argv) {
+  auto loaded = load_daemon_config(argc, argv, process_env());
+  if (!loaded) {
+    const auto& e = loaded.error();
+    std::fputs(e.text.c_str(), e.code == 0 ? stdout : stderr);
+    if (!e.text.empty() && e.text.back() != '\n') std::fputc('\n', e.code == 0 ? stdout : stderr);
+    return e.code;
+  }
+  const Config config = std::move(*loaded);
+  log::set_level(config.log_level);
+  NSA_INFO("nsa-tuned %s (pid %d) starting: state dir %s (%s), socket %s (%s), tuning %s", kVersion,
+           static_cast<int>(::getpid()), config.state_dir.c_str(), config.sources.at("state_dir").c_str(),
+           config.socket.c_str(), config.sources.at("socket").c_str(), config.no_tune ? "disabled" : "enabled");
+
+  auto admin = admin_policy(config);
+  if (!admin) {
+    NSA_ERROR("%s", admin.error().c_str());
+    return daemon_exit::usage;
+  }
+
+  std::error_code fs_ec;
+  std::filesystem::create_directories(config.state_dir, fs_ec);
+  if (fs_ec) {
+    NSA_ERROR("cannot create the state dir %s: %s; create it for this user or pass --state-dir",
+              config.state_dir.c_str(), fs_ec.message().c_str());
+    return daemon_exit::store_error;
+  }
+
+  // One daemon per state dir and per socket. The locks are taken before the socket is probed,
+  // so two daemons starting together cannot both find it stale.
+  auto state_lock = InstanceLock::acquire(config.state_dir / "nsa-tuned.lock");
+  if (!state_lock) {
+    NSA_ERROR("refusing to start: %s; one daemon per state dir", state_lock.error().c_str());
+    return daemon_exit::cannot_serve;
+  }
+  {
+    std::error_code ec;
+    if (config.socket.has_parent_path()) std::filesystem::create_directories(config.socket.parent_path(), ec);
+  }
+  auto socket_lock = InstanceLock::acquire(config.socket.string() + ".lock");
+  if (!socket_lock) {
+    NSA_ERROR("refusing to start: %s; stop it first or choose another --socket", socket_lock.error().c_str());
+    return daemon_exit::cannot_serve;
+  }
+  std::string detail;
+  switch (probe_socket(config.socket, &detail)) {
+    case SocketState::absent:
+      break;
+    case SocketState::stale:
+      if (::unlink(config.socket.c_str()) != 0) {
+        NSA_ERROR("cannot remove the stale socket %s: %s", config.socket.c_str(), std::strerror(errno));
+        return daemon_exit::cannot_serve;
+      }
+      NSA_INFO("replaced the stale socket %s (its daemon is gone)", config.socket.c_str());
+      break;
+    case SocketState::live:
+      NSA_ERROR("refusing to start: a daemon%s is already serving on %s; stop it first or choose another --socket",
+                detail.empty() ? "" : (" (" + detail + ")").c_str(), config.socket.c_str());
+      return daemon_exit::cannot_serve;
+    case SocketState::foreign:
+      NSA_ERROR("refusing to start: %s is in the way (%s); remove it or choose another --socket",
+                config.socket.c_str(), detail.c_str());
+      return daemon_exit::cannot_serve;
+  }
+
+  auto store = nsa::cache::VerdictStore::open(config.store_path());
+  if (!store) {
+    NSA_ERROR("cannot open the store %s (%s): %s", config.store_path().c_str(), store.error().code.c_str(),
+              store.error().message.c_str());
+    return daemon_exit::store_error;
+  }
+  NSA_INFO("store %s: schema %d, epoch %lld", config.store_path().c_str(), store->schema_version(),
+           static_cast<long long>(store->epoch()));
+
+  const auto probe = nsa::jit::probe_devices();
+  HostInfo host = host_info_from(probe, nsa::jit::nvrtc_version(), nsa::jit::kernel_source_hash(),
+                                 static_cast<std::int64_t>(std::time(nullptr)));
+  if (!host.driver_problem.empty()) {
+    NSA_WARN("no usable GPU (%s): serving anyway; every device query is answered sdpa/no_device",
+             host.driver_problem.c_str());
+  } else {
+    for (const auto& d : host.devices)
+      NSA_INFO("GPU %d: %s, %s, %d SMs, %.1f GiB, %s, driver %d, NVRTC %s", d.record.ordinal, d.record.name.c_str(),
+               d.record.arch.c_str(), d.record.sm_count, d.record.memory_bytes / 1073741824.0, d.record.uuid.c_str(),
+               host.driver_version, host.nvrtc_version.c_str());
+  }
+
+  auto created = State::create(std::move(*store), std::move(host));
+  if (!created) {
+    NSA_ERROR("cannot record this host's devices in the store: %s", created.error().message.c_str());
+    return daemon_exit::store_error;
+  }
+  std::unique_ptr<State> state = std::move(*created);
+
+  ServiceStats stats;
+  stats.started_at_unix = static_cast<std::int64_t>(std::time(nullptr));
+  Handler handler(*state, config, *admin, stats);
+  asio::io_context io(1);
+  Server server(io, config, *state, handler, stats);
+  state->on_epoch_change([&server](std::int64_t epoch) {
+    NSA_INFO("epoch moved to %lld", static_cast<long long>(epoch));
+    server.broadcast_epoch(epoch);
+  });
+  if (auto r = server.listen(); !r) {
+    NSA_ERROR("%s", r.error().c_str());
+    return daemon_exit::cannot_serve;
+  }
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+    if (ec) return;
+    NSA_INFO("%s received: finishing in-flight requests", signo == SIGTERM ? "SIGTERM" : "SIGINT");
+    server.stop();
+  });
+  server.start();
+  NSA_INFO("serving on %s (%zu pins, %zu current verdicts, epoch %lld)", config.socket.c_str(),
+           state->snapshot()->pins.size(), state->snapshot()->verdict_count(),
+           static_cast<long long>(state->snapshot()->epoch));
+
+  io.run();
+
+  int code = daemon_exit::ok;
+  if (auto r = state->flush_demand(); !r) {
+    NSA_ERROR("demand of %zu untuned points could not be written at shutdown: %s", state->pending_demand(),
+              r.error().message.c_str());
+    code = daemon_exit::store_error;
+  }
+  state.reset();  // closes the store (checkpointing its WAL)
+  server.unlink_socket();
+  NSA_INFO("stopped (%llu requests served)", static_cast<unsigned long long>(stats.requests));
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGPIPE, SIG_IGN);
+  try {
+    return run(argc, argv);
+  } catch (const nsa::cache::StoreFailure& e) {
+    NSA_ERROR("store failure: %s", e.what());
+    return daemon_exit::store_error;
+  } catch (const std::exception& e) {
+    NSA_ERROR("fatal: %s", e.what());
+    return daemon_exit::cannot_serve;
+  }
+}

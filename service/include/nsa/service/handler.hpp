@@ -1,0 +1,112 @@
+#pragma once
+// Requests to replies. The handler reads like the protocol (docs/protocol.md): one function per
+// op, each turning a parsed request into one reply frame. It never throws and never asks for the
+// connection to be dropped: every bad input becomes a structured error reply
+// {"ok":false,"id":...,"error":{"code":...,"message":...}} and the connection carries on.
+//
+// Dispatch answers each problem of a request in order, in "answers": a problem that is bad gets
+// an error object {"error":{"code":...,"message":...}} in its own slot while the others are
+// answered, so one typo in a batch of 256 costs one slot, not the batch. The request as a whole
+// fails only when it has no usable "problems" array.
+//
+// Admin ops (pin, unpin, retune) are checked against the peer's credentials from SO_PEERCRED
+// before their fields are looked at: allowed are the daemon's own uid, root, and members
+// (primary or supplementary group) of the configured admin group.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <sys/types.h>
+
+#include <nlohmann/json.hpp>
+
+#include "nsa/api/protocol.hpp"
+#include "nsa/service/config.hpp"
+#include "nsa/service/state.hpp"
+
+namespace nsa::service {
+
+/// Who is on the other end of a connection, as the kernel vouches for it.
+struct Peer {
+  pid_t pid = 0;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  std::vector<gid_t> groups;  // supplementary groups
+  /// "uid 1000, pid 4242"
+  std::string describe() const;
+};
+
+/// Who may run admin ops.
+struct AdminPolicy {
+  uid_t daemon_uid = 0;
+  std::optional<gid_t> admin_gid;
+  std::string admin_group;  // its name, for messages; empty when none is configured
+  bool allows(const Peer&) const;
+  /// "the daemon's uid 998, root, or members of group nsa-admin", for `forbidden` messages.
+  std::string describe() const;
+};
+
+/// Counters the daemon keeps for `status`.
+struct ServiceStats {
+  std::int64_t started_at_unix = 0;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::uint64_t connections_open = 0;
+  std::uint64_t connections_accepted = 0;
+  std::uint64_t connections_refused = 0;  // over max_connections
+  std::uint64_t subscribers = 0;
+  std::uint64_t requests = 0;             // frames answered, errors included
+  std::uint64_t problems = 0;             // problems answered by dispatch
+  std::uint64_t error_replies = 0;
+  std::uint64_t timeouts = 0;
+};
+
+/// Per-connection protocol state.
+struct Connection {
+  std::uint64_t id = 0;
+  Peer peer;
+  bool greeted = false;     // a hello with our protocol version was answered
+  bool subscribed = false;  // epoch events are pushed to it
+};
+
+class Handler {
+ public:
+  Handler(State& state, const Config& config, AdminPolicy admin, ServiceStats& stats);
+
+  /// Appends the reply frame for one request frame to `out`.
+  void handle(std::string_view frame, Connection& conn, std::string& out);
+  /// Appends the error reply for a frame over api::kMaxFrameBytes.
+  void oversized(Connection& conn, std::string& out);
+  /// The error reply for a frame left incomplete past the frame timeout.
+  std::string timeout_reply() const;
+  /// The event pushed to subscribers when the epoch moves.
+  static std::string epoch_event(std::int64_t epoch);
+
+  const AdminPolicy& admin() const { return m_admin; }
+
+ private:
+  nlohmann::json reply(const api::Request&, Connection&);
+  nlohmann::json hello(const api::Request&, Connection&);
+  nlohmann::json dispatch(const api::Request&);
+  nlohmann::json status(const api::Request&);
+  nlohmann::json report(const api::Request&);
+  nlohmann::json pins(const api::Request&);
+  nlohmann::json pin(const api::Request&, const Connection&);
+  nlohmann::json unpin(const api::Request&, const Connection&);
+  nlohmann::json retune(const api::Request&, const Connection&);
+  nlohmann::json subscribe(const api::Request&, Connection&);
+  void count_error() { ++m_stats.error_replies; }
+
+  State& m_state;
+  const Config& m_config;
+  AdminPolicy m_admin;
+  ServiceStats& m_stats;
+};
+
+/// "no tuner in this build: 3 retune requests queued" or "disabled (--no-tune)".
+std::string tuning_summary(const Config&, std::size_t pending_retunes);
+
+}  // namespace nsa::service
