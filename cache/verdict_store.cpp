@@ -79,8 +79,12 @@ StoreError error(std::string code, std::string message) {
 StoreError from_failure(const fs::path& path, const sql::Failure& failure) {
   std::string message = path.string() + ": " + failure.what();
   switch (failure.code()) {
-    case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
+      return error("corrupt", path.string() +
+                                  " is not an SQLite database (file is corrupt?): stop nsa-tuned, "
+                                  "move it aside and restart to create a new store (" +
+                                  failure.what() + ")");
+    case SQLITE_CORRUPT:
       return error("corrupt", message +
                                   " (the file is damaged): stop nsa-tuned, move the file aside "
                                   "and restart to create a new store");
@@ -131,10 +135,20 @@ int read_user_version(sql::Database& db) {
   return stmt.column_int(0);
 }
 
-std::int64_t count_schema_objects(sql::Database& db) {
-  auto stmt = db.prepare("SELECT count(*) FROM sqlite_master");
-  stmt.step("list the schema");
-  return stmt.column_int64(0);
+/// The schema version and whether the file holds any schema object, read in one statement so
+/// both come from the same snapshot: two processes creating a fresh store at once must not see
+/// "version 0" from before and "has tables" from after the other one migrated.
+struct FileSchema {
+  int version = 0;
+  bool has_objects = false;
+};
+
+FileSchema read_file_schema(sql::Database& db) {
+  auto stmt = db.prepare(
+      "SELECT (SELECT user_version FROM pragma_user_version), "
+      "(SELECT count(*) FROM sqlite_master)");
+  stmt.step("read the schema version");
+  return FileSchema{stmt.column_int(0), stmt.column_int64(1) > 0};
 }
 
 /// The first line quick_check reports, or "" when it says "ok".
@@ -374,7 +388,7 @@ std::expected<VerdictStore, StoreError> VerdictStore::open(const fs::path& reque
   impl->db.set_busy_timeout(kBusyTimeoutMs);
 
   try {
-    int version = read_user_version(impl->db);
+    auto [version, has_objects] = read_file_schema(impl->db);
     if (version > schema::current_version())
       return std::unexpected(error("too_new", schema_too_new_message(path, version)));
     if (version < 0)
@@ -382,7 +396,7 @@ std::expected<VerdictStore, StoreError> VerdictStore::open(const fs::path& reque
                                                   std::to_string(version) +
                                                   "): move it aside and restart to create a "
                                                   "new store"));
-    if (version == 0 && count_schema_objects(impl->db) > 0)
+    if (version == 0 && has_objects)
       return std::unexpected(error("not_a_store", not_a_store_message(path)));
     if (existed) {
       std::string problem = quick_check(impl->db);
@@ -439,10 +453,10 @@ std::expected<VerdictStore, StoreError> VerdictStore::open_read_only(const fs::p
   try {
     impl->db = sql::Database::open(path.string(), sql::Database::Mode::read_only);
     impl->db.set_busy_timeout(kBusyTimeoutMs);
-    int version = read_user_version(impl->db);
+    auto [version, has_objects] = read_file_schema(impl->db);
     if (version > schema::current_version())
       return std::unexpected(error("too_new", schema_too_new_message(path, version)));
-    if (version == 0 && count_schema_objects(impl->db) > 0)
+    if (version == 0 && has_objects)
       return std::unexpected(error("not_a_store", not_a_store_message(path)));
     if (version < schema::current_version())
       return std::unexpected(error(
