@@ -1,0 +1,82 @@
+// Every kernel of the catalog compiles with NVRTC for every target CI must cover, with nothing
+// but the embedded sources, and each cubin is launchable as planned: it holds every entry its
+// launch plan names, and its registers and shared memory fit the CTA the plan launches.
+//
+// Cost control (2 cores in CI): every design with its default knobs on sm_80, sm_86, sm_89 and
+// sm_90 for two families (D=128 bf16, and the paper's D_qk=192/D_v=128 fp16), and every knob
+// setting of the D=128 bf16 family on sm_90. All compiles of a case run on a parallel pool.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "nsa/jit/catalog.hpp"
+#include "nsa/jit/compiler.hpp"
+
+using namespace nsa::jit;
+
+namespace {
+
+const FamilySpec kD128Bf16{ElemType::bf16, 128, 128, 16, 64, 16};
+const FamilySpec kPaperFp16{ElemType::fp16, 192, 128, 16, 64, 16};
+
+/// Checks one compiled variant against the plans of a decode and a prefill shape.
+void expect_launchable(const CompileOutcome& o) {
+  ASSERT_TRUE(o.result) << o.result.error().message() << "\noptions: " << o.result.error().options << "\n"
+                        << o.result.error().log;
+  const Cubin& c = *o.result;
+  for (const RuntimeShape shape : {RuntimeShape{4, 1, 8192, 4}, RuntimeShape{1, 512, 4096, 2}}) {
+    LaunchPlan plan;
+    try {
+      plan = plan_for(o.variant, shape);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << o.key << ": plan_for threw " << e.what();
+      return;
+    }
+    for (const auto& l : plan.launches) {
+      auto k = std::find_if(c.kernels.begin(), c.kernels.end(), [&](const auto& r) { return r.entry == l.entry; });
+      ASSERT_NE(k, c.kernels.end()) << o.key << ": the plan launches '" << l.entry << "', which the cubin lacks";
+      const long threads = static_cast<long>(l.block[0]) * l.block[1] * l.block[2];
+      EXPECT_LE(threads * k->registers, 65536)
+          << o.key << ": " << l.entry << " uses " << k->registers << " registers x " << threads << " threads";
+      EXPECT_LE(static_cast<long>(k->shared_bytes) + l.shared_bytes, max_dynamic_shared_bytes(o.variant.arch))
+          << o.key << ": " << l.entry << " static " << k->shared_bytes << " + dynamic " << l.shared_bytes
+          << " bytes of shared memory";
+    }
+  }
+  if (c.spill_bytes > 0) std::printf("note: %s spills %d bytes\n", o.key.c_str(), c.spill_bytes);
+}
+
+}  // namespace
+
+class EveryDesign : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryDesign, CompilesWithDefaultKnobs) {
+  const std::string arch = GetParam();
+  std::vector<KernelVariant> variants;
+  for (const auto& family : {kD128Bf16, kPaperFp16})
+    for (Design d : all_designs()) {
+      auto offered = variants_for(family, arch, d);
+      ASSERT_FALSE(offered.empty()) << "the catalog offers no " << to_string(d) << " variant for " << family.key()
+                                    << " on " << arch;
+      variants.push_back(offered.front());
+    }
+  CompilePool pool;
+  for (const auto& o : pool.compile_all(variants)) expect_launchable(o);
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, EveryDesign, ::testing::Values("sm_80", "sm_86", "sm_89", "sm_90"),
+                         [](const auto& info) { return info.param; });
+
+TEST(EveryKnobSetting, CompilesForSm90) {
+  const auto variants = all_variants(kD128Bf16, "sm_90");
+  ASSERT_FALSE(variants.empty());
+  CompilePool pool;
+  std::size_t failed = 0;
+  for (const auto& o : pool.compile_all(variants)) {
+    expect_launchable(o);
+    failed += o.result ? 0 : 1;
+  }
+  std::printf("%zu variants compiled for sm_90, %zu failed\n", variants.size(), failed);
+}
