@@ -1,7 +1,11 @@
 #include "nsa/service/dispatcher.hpp"
 
+#include <charconv>
 #include <cstdio>
 #include <set>
+#include <stdexcept>
+
+#include "nsa/jit/catalog.hpp"
 
 namespace nsa::service {
 namespace {
@@ -29,7 +33,8 @@ Answer no_device(std::string reason) { return Answer::fallback(Provenance::no_de
 
 /// The verdict of `table` for the problem's family at the nearest measured point, if any.
 std::optional<Answer> measured(const ClassVerdicts* table, const cache::DeviceClass& cls,
-                               const std::string& family, const api::Point& point) {
+                               const std::string& family, const api::Problem& problem) {
+  const api::Point point = api::point_of(problem);
   if (!table) return std::nullopt;
   auto it = table->find(family);
   if (it == table->end() || it->second.points.empty()) return std::nullopt;
@@ -44,21 +49,64 @@ std::optional<Answer> measured(const ClassVerdicts* table, const cache::DeviceCl
   const std::string where = " on " + cls.gpu_name + " (" + cls.arch + ") at " + v.point +
                             (v.point == point.key() ? "" : " (nearest measured point to " + point.key() + ")") +
                             ", run " + std::to_string(v.run_id);
+  std::string plan_error;
   if (v.backend == "sparse" && !v.variant.empty()) {
-    a.backend = Backend::sparse;
-    a.variant = v.variant;
-    // What a client needs besides the variant key to launch it: which family and point the
-    // verdict was measured for (the runtime shape is the client's own problem).
-    a.launch = nlohmann::json{{"family", family}, {"measured_point", v.point}, {"arch", cls.arch}};
-    a.reason = v.variant + " is " + fmt_speedup(v.speedup) + " faster than SDPA" + where;
-  } else {
+    auto launch = launch_json(v.variant, problem);
+    if (launch) {
+      a.backend = Backend::sparse;
+      a.variant = v.variant;
+      a.launch = std::move(*launch);
+      a.reason = v.variant + " is " + fmt_speedup(v.speedup) + " faster than SDPA" + where;
+      return a;
+    }
+    plan_error = launch.error();
+  }
+  {
     a.backend = Backend::sdpa;
     a.reason = "SDPA wins" + where;
     if (!v.variant.empty()) a.reason += "; best sparse " + v.variant + " at " + fmt_speedup(v.speedup);
     if (!v.reason.empty()) a.reason += " (" + v.reason + ")";
+    if (!plan_error.empty()) {
+      a.variant = v.variant;
+      a.reason = "the verdict chose " + v.variant + where + ", but it cannot be launched here (" + plan_error +
+                 "); running SDPA";
+    }
   }
   return a;
 }
+
+/// "sm_90a" asks about "sm_90": verdicts and pins are kept per base arch.
+std::string base_arch(const std::string& arch) {
+  if (!arch.empty() && (arch.back() == 'a' || arch.back() == 'f')) return arch.substr(0, arch.size() - 1);
+  return arch;
+}
+
+bool parse_int(std::string_view s, int& out) {
+  if (s.empty()) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+/// Splits "abc123" into ("abc", 123).
+bool split_knob(std::string_view s, std::string& name, int& value) {
+  std::size_t i = 0;
+  while (i < s.size() && s[i] >= 'a' && s[i] <= 'z') ++i;
+  if (i == 0 || i == s.size()) return false;
+  name = std::string(s.substr(0, i));
+  return parse_int(s.substr(i), value);
+}
+
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  for (;;) {
+    auto at = s.find(sep);
+    out.push_back(s.substr(0, at));
+    if (at == std::string_view::npos) return out;
+    s.remove_prefix(at + 1);
+  }
+}
+
+nlohmann::json dims(const unsigned (&d)[3]) { return nlohmann::json::array({d[0], d[1], d[2]}); }
 
 Decision untuned(const std::string& arch, const std::string& family, const api::Point& point,
                  const std::string& target) {
@@ -72,6 +120,62 @@ Decision untuned(const std::string& arch, const std::string& family, const api::
 }
 
 }  // namespace
+
+std::optional<jit::KernelVariant> parse_variant_key(std::string_view key) {
+  auto parts = split(key, '.');
+  if (parts.size() != 5 || parts[0] != "sel_fwd") return std::nullopt;
+  jit::KernelVariant v;
+  bool found = false;
+  for (jit::Design d : jit::all_designs())
+    if (jit::to_string(d) == parts[1]) {
+      v.design = d;
+      found = true;
+    }
+  if (!found) return std::nullopt;
+  // Spec: dqk128_dv128_h16_blk64_n16_bf16
+  auto spec = split(parts[2], '_');
+  if (spec.size() != 6) return std::nullopt;
+  const std::pair<const char*, int*> fields[] = {{"dqk", &v.spec.d_qk}, {"dv", &v.spec.d_v}, {"h", &v.spec.h},
+                                                 {"blk", &v.spec.block}, {"n", &v.spec.n}};
+  for (std::size_t i = 0; i < 5; ++i) {
+    std::string name;
+    int value = 0;
+    if (!split_knob(spec[i], name, value) || name != fields[i].first) return std::nullopt;
+    *fields[i].second = value;
+  }
+  if (spec[5] == "bf16") v.spec.dtype = jit::ElemType::bf16;
+  else if (spec[5] == "fp16") v.spec.dtype = jit::ElemType::fp16;
+  else return std::nullopt;
+  if (parts[3] != "default") {
+    for (auto k : split(parts[3], '_')) {
+      std::string name;
+      int value = 0;
+      if (!split_knob(k, name, value)) return std::nullopt;
+      v.knobs.emplace_back(std::move(name), value);
+    }
+  }
+  // Arch: "sm90" / "sm90a" back to "sm_90" / "sm_90a".
+  if (parts[4].size() < 4 || parts[4].substr(0, 2) != "sm") return std::nullopt;
+  v.arch = "sm_" + std::string(parts[4].substr(2));
+  if (v.key() != key) return std::nullopt;  // anything key() would not produce
+  return v;
+}
+
+std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem& p) {
+  auto v = parse_variant_key(variant_key);
+  if (!v) return std::unexpected("'" + variant_key + "' is not a variant key of this build");
+  jit::LaunchPlan plan;
+  try {
+    plan = jit::plan_for(*v, jit::RuntimeShape{p.batch, p.t_q, p.t_kv, p.h_kv});
+  } catch (const std::exception& e) {
+    return std::unexpected(std::string("no launch plan: ") + e.what());
+  }
+  nlohmann::json launches = nlohmann::json::array();
+  for (const auto& l : plan.launches)
+    launches.push_back(nlohmann::json{{"entry", l.entry}, {"grid", dims(l.grid)}, {"block", dims(l.block)},
+                                      {"shared_bytes", l.shared_bytes}});
+  return nlohmann::json{{"launches", std::move(launches)}, {"workspace_bytes", plan.workspace_bytes}};
+}
 
 std::size_t Snapshot::verdict_count() const {
   std::set<const ClassVerdicts*> seen;
@@ -135,20 +239,27 @@ Decision decide(const Snapshot& s, const api::Problem& problem) {
     const std::string& arch = dev->device_class.arch;
     if (auto pin = s.pins.find(arch); pin != s.pins.end()) return {pinned(pin->second), std::nullopt};
     const ClassVerdicts* table = index < s.verdicts.size() ? s.verdicts[index].get() : nullptr;
-    if (auto a = measured(table, dev->device_class, family, point)) return {std::move(*a), std::nullopt};
+    if (auto a = measured(table, dev->device_class, family, problem)) return {std::move(*a), std::nullopt};
     return untuned(arch, family, point,
                    dev->record.name + " (" + arch + ", device " + std::to_string(dev->record.ordinal) + ")");
   }
 
-  // An arch target: pin, then verdicts of local devices of that arch, else untuned.
-  const std::string& arch = problem.arch;
+  // An arch target: pin, then the verdicts of the lowest-ordinal local device of that arch,
+  // else untuned.
+  const std::string arch = base_arch(problem.arch);
   if (auto pin = s.pins.find(arch); pin != s.pins.end()) return {pinned(pin->second), std::nullopt};
+  std::optional<std::size_t> lowest;
   for (std::size_t i = 0; i < s.devices.size(); ++i) {
     if (s.devices[i].device_class.arch != arch) continue;
-    const ClassVerdicts* table = i < s.verdicts.size() ? s.verdicts[i].get() : nullptr;
-    if (auto a = measured(table, s.devices[i].device_class, family, point)) return {std::move(*a), std::nullopt};
+    if (!lowest || s.devices[i].record.ordinal < s.devices[*lowest].record.ordinal) lowest = i;
   }
-  return untuned(arch, family, point, arch);
+  if (lowest) {
+    const ClassVerdicts* table = *lowest < s.verdicts.size() ? s.verdicts[*lowest].get() : nullptr;
+    if (auto a = measured(table, s.devices[*lowest].device_class, family, problem))
+      return {std::move(*a), std::nullopt};
+    return untuned(arch, family, point, s.devices[*lowest].record.name + " (" + arch + ")");
+  }
+  return untuned(arch, family, point, arch + " (no device of that arch on this host)");
 }
 
 }  // namespace nsa::service

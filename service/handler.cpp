@@ -27,21 +27,10 @@ std::string clip(std::string_view s, std::size_t max = 40) {
 
 /// Thrown inside an op to turn into an error reply; never escapes Handler::handle.
 struct ReplyError {
-  std::string_view code;
+  ReplyError(std::string_view c, std::string m) : code(c), message(std::move(m)) {}
+  std::string code;
   std::string message;
 };
-
-/// Rejects fields an op does not know, so that a typo never silently means a default.
-void allow_fields(const api::Request& r, std::initializer_list<std::string_view> fields) {
-  for (const auto& [key, value] : r.body.items()) {
-    if (key == "op" || key == "id") continue;
-    if (std::find(fields.begin(), fields.end(), key) != fields.end()) continue;
-    std::string known = "op, id";
-    for (auto f : fields) known += ", " + std::string(f);
-    throw ReplyError{errc::bad_request, "unknown field '" + clip(key) + "' in a " +
-                                            std::string(api::to_string(r.op)) + " request; its fields are " + known};
-  }
-}
 
 const json* field(const api::Request& r, const char* name) {
   auto it = r.body.find(name);
@@ -80,14 +69,14 @@ std::string Peer::describe() const {
 }
 
 bool AdminPolicy::allows(const Peer& p) const {
-  if (p.uid == daemon_uid || p.uid == 0) return true;
+  if (p.uid == daemon_uid) return true;
   if (!admin_gid) return false;
   return p.gid == *admin_gid || std::find(p.groups.begin(), p.groups.end(), *admin_gid) != p.groups.end();
 }
 
 std::string AdminPolicy::describe() const {
-  std::string s = "the daemon's own uid " + std::to_string(daemon_uid) + ", root";
-  if (admin_gid) s += ", or members of group " + admin_group;
+  std::string s = "the daemon's own uid " + std::to_string(daemon_uid);
+  if (admin_gid) s += " and members of group " + admin_group;
   else s += " (no admin group is configured: see --admin-group)";
   return s;
 }
@@ -160,7 +149,7 @@ json Handler::reply(const api::Request& r, Connection& conn) {
   }
   switch (r.op) {
     case api::Op::hello: return hello(r, conn);
-    case api::Op::ping: allow_fields(r, {}); {
+    case api::Op::ping: {
         json j = api::ok_reply(r.id);
         j["epoch"] = m_state.snapshot()->epoch;
         return j;
@@ -178,31 +167,38 @@ json Handler::reply(const api::Request& r, Connection& conn) {
 }
 
 json Handler::hello(const api::Request& r, Connection& conn) {
-  allow_fields(r, {"protocol", "client"});
   const json* p = field(r, "protocol");
   if (!p) throw ReplyError{errc::missing_field, "hello needs the field 'protocol', e.g. {\"op\":\"hello\",\"protocol\":1}"};
   if (!p->is_number_integer()) throw ReplyError{errc::bad_type, "field 'protocol' must be an integer, e.g. 1"};
   if (const json* c = field(r, "client"); c && !c->is_string())
     throw ReplyError{errc::bad_type, "field 'client' must be a string naming the client, e.g. \"my-trainer 1.2\""};
   if (p->get<std::int64_t>() != api::kProtocolVersion) {
-    throw ReplyError{errc::version_mismatch,
-                     "this daemon (nsa-tuned " + std::string(kVersion) + ") speaks protocol " +
-                         std::to_string(api::kProtocolVersion) + ", the client asked for " + p->dump() +
-                         "; use a client of the same release"};
+    // The protocol ends the connection after this reply: nothing else it says can be trusted.
+    conn.close_after_reply = true;
+    json j = api::error_reply(r.id, errc::version_mismatch,
+                              "this daemon (nsa-tuned " + std::string(kVersion) + ") speaks protocol " +
+                                  std::to_string(api::kProtocolVersion) + "; the client asked for " + p->dump() +
+                                  ": upgrade the client or the daemon");
+    j["protocol"] = api::kProtocolVersion;
+    j["daemon"] = kVersion;
+    return j;
+  }
+  if (!conn.greeted) {
+    if (const json* c = field(r, "client"))
+      NSA_DEBUG("connection %llu (%s) is %s", static_cast<unsigned long long>(conn.id), conn.peer.describe().c_str(),
+                c->get_ref<const std::string&>().c_str());
   }
   conn.greeted = true;
   json j = api::ok_reply(r.id);
   j["protocol"] = api::kProtocolVersion;
-  j["daemon"] = "nsa-tuned";
-  j["version"] = kVersion;
-  j["pid"] = static_cast<std::int64_t>(::getpid());
+  j["daemon"] = kVersion;
   j["epoch"] = m_state.snapshot()->epoch;
+  j["pid"] = static_cast<std::int64_t>(::getpid());
   j["admin"] = m_admin.allows(conn.peer);
   return j;
 }
 
 json Handler::dispatch(const api::Request& r) {
-  allow_fields(r, {"problems"});
   const json* problems = field(r, "problems");
   if (!problems)
     throw ReplyError{errc::missing_field, "dispatch needs the field 'problems': an array of 1 to " +
@@ -213,20 +209,21 @@ json Handler::dispatch(const api::Request& r) {
     throw ReplyError{errc::bad_request, "'problems' holds " + std::to_string(problems->size()) +
                                             " problems; send 1 to " +
                                             std::to_string(api::kMaxProblemsPerRequest) + " per request"};
+  // Parse every problem before deciding any, so a request that fails records no demand.
+  std::vector<api::Problem> parsed(problems->size());
+  for (std::size_t i = 0; i < problems->size(); ++i) {
+    if (auto e = api::parse_problem((*problems)[i], parsed[i]))
+      throw ReplyError{e->code, "problems[" + std::to_string(i) + "]: " + e->message};
+  }
   const auto snapshot = m_state.snapshot();
   const std::int64_t now = now_unix();
   json answers = json::array();
-  for (const json& pj : *problems) {
-    api::Problem problem;
-    if (auto e = api::parse_problem(pj, problem)) {
-      answers.push_back(json{{"error", json{{"code", e->code}, {"message", e->message}}}});
-      continue;
-    }
+  for (const api::Problem& problem : parsed) {
     Decision d = decide(*snapshot, problem);
     if (d.demand) m_state.note_demand(*d.demand, now);
     answers.push_back(api::to_json(d.answer));
-    ++m_stats.problems;
   }
+  m_stats.problems += parsed.size();
   json j = api::ok_reply(r.id);
   j["epoch"] = snapshot->epoch;
   j["answers"] = std::move(answers);
@@ -234,7 +231,8 @@ json Handler::dispatch(const api::Request& r) {
 }
 
 json Handler::status(const api::Request& r) {
-  allow_fields(r, {});
+  // The fields docs/protocol.md lists first, then the daemon's own extras (clients ignore what
+  // they do not know).
   const auto snapshot = m_state.snapshot();
   const auto& host = m_state.host();
   auto& store = m_state.store();
@@ -246,50 +244,50 @@ json Handler::status(const api::Request& r) {
     std::size_t verdicts = 0;
     if (i < snapshot->verdicts.size() && snapshot->verdicts[i])
       for (const auto& [f, fv] : *snapshot->verdicts[i]) verdicts += fv.verdicts.size();
-    auto pin = snapshot->pins.find(d.device_class.arch);
     devices.push_back(json{{"ordinal", d.record.ordinal},
                            {"uuid", d.record.uuid},
                            {"name", d.record.name},
                            {"arch", d.record.arch},
                            {"sm_count", d.record.sm_count},
                            {"memory_bytes", d.record.memory_bytes},
-                           {"pinned", pin != snapshot->pins.end()},
+                           {"driver_version", d.record.driver_version},
+                           {"pinned", snapshot->pins.count(d.device_class.arch) > 0},
                            {"current_verdicts", verdicts}});
   }
   json retunes = json::array();
   for (const auto& q : pending)
     retunes.push_back(json{{"id", q.id}, {"scope", q.scope}, {"requested_by", q.requested_by},
                            {"requested_at", q.requested_at}});
+  json pinned_archs = json::array();
+  for (const auto& [arch, p] : snapshot->pins) pinned_archs.push_back(arch);
 
   const double uptime =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - m_stats.started).count();
   json j = api::ok_reply(r.id);
-  j["daemon"] = json{{"version", kVersion},
-                     {"protocol", api::kProtocolVersion},
-                     {"pid", static_cast<std::int64_t>(::getpid())},
-                     {"started_at", m_stats.started_at_unix},
-                     {"uptime_s", uptime}};
-  j["config"] = json{{"state_dir", m_config.state_dir.string()},
-                     {"socket", m_config.socket.string()},
-                     {"config_file", m_config.config_file.string()},
-                     {"log_level", std::string(log::to_string(m_config.log_level))},
-                     {"no_tune", m_config.no_tune},
-                     {"admin_group", m_config.admin_group},
-                     {"max_connections", m_config.max_connections},
-                     {"frame_timeout_ms", m_config.frame_timeout.count()}};
+  j["daemon"] = kVersion;
+  j["protocol"] = api::kProtocolVersion;
+  j["epoch"] = snapshot->epoch;
+  j["pid"] = static_cast<std::int64_t>(::getpid());
+  j["uptime_s"] = uptime;
+  j["state_dir"] = m_config.state_dir.string();
+  j["socket"] = m_config.socket.string();
+  j["tuning_enabled"] = !m_config.no_tune;
   j["driver"] = json{{"loaded", host.driver_loaded},
                      {"version", host.driver_version},
-                     {"nvrtc_version", host.nvrtc_version},
-                     {"kernel_source_hash", host.source_hash},
-                     {"problem", host.driver_problem.empty() ? json(nullptr) : json(host.driver_problem)}};
+                     {"error", host.driver_problem.empty() ? json(nullptr) : json(host.driver_problem)}};
+  j["nvrtc"] = host.nvrtc_version;
   j["devices"] = std::move(devices);
+  j["tuning"] = nullptr;  // no tuning run in progress: this build has no tuner
+  j["tuning_note"] = tuning_summary(m_config, pending.size());
+  j["started_at"] = m_stats.started_at_unix;
+  j["kernel_source_hash"] = host.source_hash;
+  j["config_file"] = m_config.config_file.string();
+  j["admin_group"] = m_config.admin_group;
   j["store"] = json{{"path", store.path().string()},
                     {"schema_version", store.schema_version()},
                     {"epoch", snapshot->epoch}};
-  json pins_by_arch = json::array();
-  for (const auto& [arch, p] : snapshot->pins) pins_by_arch.push_back(arch);
   j["counts"] = json{{"pins", snapshot->pins.size()},
-                     {"pinned_archs", std::move(pins_by_arch)},
+                     {"pinned_archs", std::move(pinned_archs)},
                      {"current_verdicts", snapshot->verdict_count()},
                      {"compiled_kernels", store.kernel_count()},
                      {"demand_recorded", store.demand(100000).size()},
@@ -304,19 +302,16 @@ json Handler::status(const api::Request& r) {
                        {"problems", m_stats.problems},
                        {"errors", m_stats.error_replies},
                        {"timeouts", m_stats.timeouts}};
-  j["tuning"] = tuning_summary(m_config, pending.size());
   return j;
 }
 
 json Handler::report(const api::Request& r) {
-  allow_fields(r, {});
   json j = api::ok_reply(r.id);
   j["report"] = tuner::build_report(m_state.store(), m_state.current_classes());
   return j;
 }
 
 json Handler::pins(const api::Request& r) {
-  allow_fields(r, {});
   const auto snapshot = m_state.snapshot();
   json list = json::array();
   for (const auto& [arch, p] : snapshot->pins) list.push_back(pin_json(p));
@@ -327,7 +322,6 @@ json Handler::pins(const api::Request& r) {
 }
 
 json Handler::pin(const api::Request& r, const Connection& conn) {
-  allow_fields(r, {"arch", "reason"});
   cache::Pin p;
   p.arch = require_string(r, "arch", "\"sm_90\"");
   p.reason = require_string(r, "reason", "\"numerics regression on driver 580, see INC-123\"");
@@ -335,6 +329,12 @@ json Handler::pin(const api::Request& r, const Connection& conn) {
     throw ReplyError{errc::bad_request, "arch '" + clip(p.arch) + "' is not an arch name; write it like sm_90"};
   if (p.reason.find_first_not_of(" \t") == std::string::npos)
     throw ReplyError{errc::bad_request, "a pin needs a reason that says why, for the operators who find it later"};
+  if (const json* b = field(r, "backend")) {
+    if (!b->is_string()) throw ReplyError{errc::bad_type, "field 'backend' must be a string: \"sdpa\""};
+    if (b->get_ref<const std::string&>() != "sdpa")
+      throw ReplyError{errc::bad_request, "a pin can only force \"sdpa\" (got \"" + clip(b->get<std::string>()) +
+                                              "\"): a sparse answer needs a measured variant"};
+  }
   p.backend = "sdpa";
   p.seeded = false;
   p.created_by = who(conn);
@@ -356,7 +356,6 @@ json Handler::pin(const api::Request& r, const Connection& conn) {
 }
 
 json Handler::unpin(const api::Request& r, const Connection& conn) {
-  allow_fields(r, {"arch"});
   const std::string arch = require_string(r, "arch", "\"sm_90\"");
   if (auto e = m_state.store().remove_pin(arch); !e) {
     const auto& err = e.error();
@@ -381,7 +380,6 @@ json Handler::unpin(const api::Request& r, const Connection& conn) {
 }
 
 json Handler::retune(const api::Request& r, const Connection& conn) {
-  allow_fields(r, {"scope"});
   std::string scope = "all";
   if (const json* s = field(r, "scope")) {
     if (!s->is_string())
@@ -406,14 +404,13 @@ json Handler::retune(const api::Request& r, const Connection& conn) {
   NSA_INFO("retune of %s queued (#%lld) by %s", scope.c_str(), static_cast<long long>(*id),
            conn.peer.describe().c_str());
   json j = api::ok_reply(r.id);
-  j["retune_id"] = *id;
+  j["request_id"] = *id;
   j["scope"] = scope;
-  j["tuning"] = tuning_summary(m_config, pending);
+  j["tuning_note"] = tuning_summary(m_config, pending);
   return j;
 }
 
 json Handler::subscribe(const api::Request& r, Connection& conn) {
-  allow_fields(r, {});
   if (!conn.subscribed) {
     conn.subscribed = true;
     ++m_stats.subscribers;

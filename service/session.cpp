@@ -83,6 +83,11 @@ asio::awaitable<void> Session::read_loop() {
       } else {
         m_handler.handle(item->frame, m_conn, m_outbox);
       }
+      if (m_conn.close_after_reply) {
+        // The protocol ends this connection (version_mismatch): frames after it are not read.
+        m_stopping = true;
+        break;
+      }
       if (++answered % kFramesPerTurn == 0) {
         wake_writer();
         co_await asio::post(m_socket.get_executor(), asio::use_awaitable);  // let other clients in

@@ -9,12 +9,18 @@
 //                 or no usable GPU at all (no driver, no device): sdpa, with the probe's reason.
 //   3. measured   a current verdict of the device's class exists for the problem's family: the
 //                 verdict at the measured point nearest to the problem (api::nearest_point).
+//                 A sparse verdict comes with the launch plan for the problem's own point
+//                 (jit::plan_for); a verdict whose variant cannot be planned is answered sdpa,
+//                 measured, with the reason, since a sparse answer without a launch is useless.
 //   4. untuned    otherwise: sdpa, and the (arch, family, point) is reported as demand.
 // A problem that names an arch instead of a device ("what would sm_90 do?") is answered from
-// the pins, then from the current verdicts of this host's devices of that arch, else untuned;
-// it never gets no_device, since it did not ask about a device.
+// the pins, then from the current verdicts of the lowest-ordinal device of this host with that
+// arch, else untuned; it never gets no_device, since it did not ask about a device. The arch's
+// feature suffix is dropped first (sm_90a asks about sm_90). docs/protocol.md ("From shapes to
+// measured points") is the specification this implements.
 
 #include <compare>
+#include <expected>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -26,6 +32,7 @@
 #include "nsa/api/answer.hpp"
 #include "nsa/api/problem.hpp"
 #include "nsa/cache/records.hpp"
+#include "nsa/jit/kernel_variant.hpp"
 
 namespace nsa::service {
 
@@ -73,6 +80,16 @@ struct Decision {
 /// Decides one problem. `problem` must already be valid (api::validate); a problem with no
 /// target at all asks about device 0.
 Decision decide(const Snapshot&, const api::Problem&);
+
+/// Inverse of jit::KernelVariant::key() ("sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.
+/// warps4_stages2.sm90"); nullopt for anything key() would not produce. Verdicts name their
+/// variant by key, and the launch plan needs the variant back.
+std::optional<jit::KernelVariant> parse_variant_key(std::string_view key);
+
+/// The answer's "launch" object for a variant on a problem's run-time shape:
+/// {"launches":[{"entry","grid","block","shared_bytes"}...],"workspace_bytes"}. The error says
+/// why a variant cannot be planned (an unparsable key, knobs the catalog rejects).
+std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem&);
 
 /// Groups verdicts by family and parses their points. Verdicts that are experimental, stale or
 /// whose point key does not parse are left out (they can never answer a dispatch); the number

@@ -4,14 +4,18 @@
 // connection to be dropped: every bad input becomes a structured error reply
 // {"ok":false,"id":...,"error":{"code":...,"message":...}} and the connection carries on.
 //
-// Dispatch answers each problem of a request in order, in "answers": a problem that is bad gets
-// an error object {"error":{"code":...,"message":...}} in its own slot while the others are
-// answered, so one typo in a batch of 256 costs one slot, not the batch. The request as a whole
-// fails only when it has no usable "problems" array.
+// Dispatch answers the problems of a request in order, in "answers". If any problem is invalid
+// the whole request fails with that problem's error, its message prefixed "problems[i]: ", and
+// no answer is given for the others: this is what docs/protocol.md specifies (a client sending
+// an impossible shape has a bug to fix, not a fallback to take), and it keeps "answers[i]
+// answers problems[i]" free of holes for every client.
+//
+// Unknown fields in a request are ignored (protocol.md: new optional fields do not need a new
+// protocol version); unknown fields inside a problem are errors (api::parse_problem).
 //
 // Admin ops (pin, unpin, retune) are checked against the peer's credentials from SO_PEERCRED
-// before their fields are looked at: allowed are the daemon's own uid, root, and members
-// (primary or supplementary group) of the configured admin group.
+// before their fields are looked at: allowed are the daemon's own uid and members (primary or
+// supplementary group) of the configured admin group.
 
 #include <chrono>
 #include <cstdint>
@@ -46,7 +50,7 @@ struct AdminPolicy {
   std::optional<gid_t> admin_gid;
   std::string admin_group;  // its name, for messages; empty when none is configured
   bool allows(const Peer&) const;
-  /// "the daemon's uid 998, root, or members of group nsa-admin", for `forbidden` messages.
+  /// "the daemon's uid 998 or members of group nsa-admin", for `forbidden` messages.
   std::string describe() const;
 };
 
@@ -70,6 +74,7 @@ struct Connection {
   Peer peer;
   bool greeted = false;     // a hello with our protocol version was answered
   bool subscribed = false;  // epoch events are pushed to it
+  bool close_after_reply = false;  // set by the handler: the protocol ends this connection
 };
 
 class Handler {
@@ -106,7 +111,8 @@ class Handler {
   ServiceStats& m_stats;
 };
 
-/// "no tuner in this build: 3 retune requests queued" or "disabled (--no-tune)".
+/// "no tuner in this build: 3 retune requests queued" or "disabled (--no-tune)": status's
+/// "tuning_note" (its "tuning" field is reserved for a run in progress, null until a tuner runs).
 std::string tuning_summary(const Config&, std::size_t pending_retunes);
 
 }  // namespace nsa::service
