@@ -1,1 +1,277 @@
-// placeholder until implemented
+// The variant catalog (see catalog.hpp). Shared-memory sizes and workspaces come from
+// kernels/layout.cuh, the same constexpr functions the kernels carve their memory with, so a
+// plan can never reserve less than its kernel uses (and the kernels trap if one ever did).
+
+#include "nsa/jit/catalog.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <stdexcept>
+
+#include "layout.cuh"
+
+namespace nsa::jit {
+namespace {
+
+namespace L = nsa_layout;
+
+constexpr std::int64_t kMaxGrid = 2147483647;  // gridDim.x limit; kernels loop past it
+
+/// One knob of a design: its name (as in keys and NSA_KNOB_<NAME>) and its values, the
+/// preferred value first.
+struct Knob {
+  const char* name;
+  std::vector<int> values;
+};
+
+const std::vector<Knob>& knobs_of(Design d) {
+  static const std::vector<Knob> none;
+  static const std::vector<Knob> dense = {{"warps", {4, 8, 2}}, {"tile", {64, 128, 32}}, {"stages", {3, 2, 4}}};
+  static const std::vector<Knob> split = {
+      {"split", {8, 16, 4, 32, 2}}, {"warps", {4, 2, 8}}, {"tile", {64, 32}}, {"stages", {2, 3}}};
+  static const std::vector<Knob> prefill = {
+      {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
+  switch (d) {
+    case Design::reference: return none;
+    case Design::sdpa_packed:
+    case Design::query_outer: return dense;
+    case Design::split_kv: return split;
+    case Design::prefill_shared: return prefill;
+  }
+  return none;
+}
+
+/// The compute capability of "sm_90" / "sm_90a" as 90, or -1.
+int arch_number(const std::string& arch) {
+  if (arch.size() < 5 || arch.compare(0, 3, "sm_") != 0) return -1;
+  int v = 0;
+  std::size_t i = 3;
+  for (; i < arch.size() && arch[i] >= '0' && arch[i] <= '9'; ++i) v = v * 10 + (arch[i] - '0');
+  if (i == 3 || (i != arch.size() && !(i + 1 == arch.size() && arch[i] == 'a'))) return -1;
+  return v;
+}
+
+int knob_value(const KernelVariant& v, const char* name) { return v.knob(name, -1); }
+
+/// Rows of M for the design's CTA engine.
+int engine_rows(const KernelVariant& v) {
+  return v.design == Design::prefill_shared ? knob_value(v, "qtile") * v.spec.h : v.spec.h;
+}
+
+/// A rough register count of the engine per thread: O and S accumulators, Q fragments when they
+/// stay in registers (attention_core.cuh's Q_IN_REGS rule), and ~48 for addresses and softmax
+/// state. Settings above 255 would spill, so the catalog does not offer them.
+int estimated_registers(const FamilySpec& s, int mt, int warps, int tile) {
+  const int mtw = mt / L::warps_m(mt, warps);
+  const int tkw = tile / L::warps_n(mt, warps);
+  const bool q_in_regs = mtw * s.d_qk <= 128 || (mtw == 1 && s.d_qk <= 192);
+  return mtw * (s.d_v / 2 + tkw / 2) + (q_in_regs ? mtw * s.d_qk / 4 : 0) + 48;
+}
+
+/// Dynamic shared memory of the engine launch of `v` (0 for designs without one).
+std::int64_t engine_smem(const KernelVariant& v) {
+  const FamilySpec& s = v.spec;
+  const int warps = knob_value(v, "warps"), tile = knob_value(v, "tile"), stages = knob_value(v, "stages");
+  switch (v.design) {
+    case Design::reference: return 0;
+    case Design::sdpa_packed: return L::packed_attention_smem(s.d_qk, s.d_v, s.h, warps, tile, stages);
+    case Design::query_outer:
+    case Design::split_kv: return L::query_outer_smem(s.d_qk, s.d_v, s.h, s.n, warps, tile, stages);
+    case Design::prefill_shared:
+      return L::prefill_shared_smem(s.d_qk, s.d_v, s.h, s.n, knob_value(v, "qtile"), warps, tile, stages);
+  }
+  return 0;
+}
+
+/// Why `v`'s knobs are not a setting the catalog offers on its arch, or "" when they are.
+std::string setting_problem(const KernelVariant& v) {
+  if (auto reason = unsupported_reason(v.spec)) return *reason;
+  const int cc = arch_number(v.arch);
+  if (cc < 0) return "arch \"" + v.arch + "\" is not of the form sm_XY or sm_XYa";
+  const auto& knobs = knobs_of(v.design);
+  if (v.knobs.size() != knobs.size()) {
+    return std::string(to_string(v.design)) + " takes " + std::to_string(knobs.size()) + " knobs, the variant has " +
+           std::to_string(v.knobs.size());
+  }
+  for (std::size_t i = 0; i < knobs.size(); ++i) {
+    const auto& [name, value] = v.knobs[i];
+    if (name != knobs[i].name)
+      return "knob " + std::to_string(i) + " of " + std::string(to_string(v.design)) + " is \"" + knobs[i].name +
+             "\", not \"" + name + "\"";
+    if (std::find(knobs[i].values.begin(), knobs[i].values.end(), value) == knobs[i].values.end())
+      return "knob " + name + "=" + std::to_string(value) + " is not one of the values " +
+             std::string(to_string(v.design)) + " offers";
+  }
+  if (v.design == Design::reference) return "";
+  if (cc < 80) return "the tensor-core designs need sm_80 or newer (mma.sync bf16, cp.async); " + v.arch + " is older";
+  const int rows = engine_rows(v);
+  if (rows > L::kMaxRows)
+    return "qtile*h = " + std::to_string(rows) + " rows exceed the 128 rows one CTA holds";
+  const int mt = L::m_tiles(rows), warps = knob_value(v, "warps"), tile = knob_value(v, "tile");
+  if (!L::core_valid(mt, warps, tile))
+    return "warps=" + std::to_string(warps) + " and tile=" + std::to_string(tile) + " give a warp fewer than 16 key "
+           "columns or more than two 16-row MMA tiles for " + std::to_string(rows) + " rows";
+  if (estimated_registers(v.spec, mt, warps, tile) > 255)
+    return "the accumulators of this setting need more than 255 registers per thread (it would spill)";
+  const std::int64_t smem = engine_smem(v);
+  if (smem > max_dynamic_shared_bytes(v.arch))
+    return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +
+           std::to_string(max_dynamic_shared_bytes(v.arch));
+  return "";
+}
+
+bool check_dim(const char* what, int value, std::string& out) {
+  if (value >= 16 && value <= 256 && value % 16 == 0) return true;
+  out = std::string(what) + "=" + std::to_string(value) +
+        " is not a multiple of 16 in [16, 256]: the kernels' MMA tiles are 16 elements wide; serve this family with "
+        "the SDPA fallback";
+  return false;
+}
+
+}  // namespace
+
+std::string_view source_for(Design d) {
+  switch (d) {
+    case Design::reference: return "reference.cu";
+    case Design::sdpa_packed: return "sdpa_packed.cu";
+    case Design::query_outer: return "query_outer.cu";
+    case Design::split_kv: return "split_kv.cu";
+    case Design::prefill_shared: return "prefill_shared.cu";
+  }
+  return "";
+}
+
+const std::vector<Design>& all_designs() {
+  static const std::vector<Design> designs = {Design::reference, Design::sdpa_packed, Design::query_outer,
+                                              Design::split_kv, Design::prefill_shared};
+  return designs;
+}
+
+std::optional<std::string> unsupported_reason(const FamilySpec& s) {
+  std::string out;
+  if (!check_dim("D_qk", s.d_qk, out) || !check_dim("D_v", s.d_v, out)) return out;
+  if (s.h < 1 || s.h > 64)
+    return "h=" + std::to_string(s.h) + " query heads per group is outside [1, 64]; no design holds more than 64 "
+           "heads of a group in one CTA";
+  if (s.block < 16 || s.block > 256 || (s.block & (s.block - 1)) != 0)
+    return "block=" + std::to_string(s.block) + " is not a power of two in [16, 256]";
+  if (s.n < 1 || s.n > 128) return "n=" + std::to_string(s.n) + " selected blocks is outside [1, 128]";
+  return std::nullopt;
+}
+
+int max_dynamic_shared_bytes(const std::string& arch) {
+  switch (arch_number(arch)) {
+    case 90:
+    case 100: return 227 * 1024;  // H100 / B200: 228 KiB per SM, 1 KiB reserved per CTA
+    case 80:
+    case 87: return 163 * 1024;   // A100 / Orin
+    case 86:
+    case 89:
+    case 120: return 99 * 1024;   // consumer Ampere / Ada / Blackwell
+    default: return 48 * 1024;
+  }
+}
+
+std::vector<KernelVariant> variants_for(const FamilySpec& spec, const std::string& arch, Design design) {
+  std::vector<KernelVariant> out;
+  if (unsupported_reason(spec)) return out;
+  const auto& knobs = knobs_of(design);
+  // Odometer over the knob values, the first knob varying slowest, so the preferred value of
+  // every knob comes first and the first valid setting is the design's default.
+  std::vector<std::size_t> pos(knobs.size(), 0);
+  for (;;) {
+    KernelVariant v;
+    v.design = design;
+    v.spec = spec;
+    v.arch = arch;
+    for (std::size_t i = 0; i < knobs.size(); ++i) v.knobs.emplace_back(knobs[i].name, knobs[i].values[pos[i]]);
+    if (setting_problem(v).empty()) out.push_back(std::move(v));
+    std::size_t i = knobs.size();
+    while (i > 0) {
+      --i;
+      if (++pos[i] < knobs[i].values.size()) break;
+      pos[i] = 0;
+      if (i == 0) return out;
+    }
+    if (knobs.empty()) return out;
+  }
+}
+
+std::vector<KernelVariant> all_variants(const FamilySpec& spec, const std::string& arch) {
+  std::vector<KernelVariant> out;
+  for (Design d : all_designs()) {
+    auto v = variants_for(spec, arch, d);
+    out.insert(out.end(), std::make_move_iterator(v.begin()), std::make_move_iterator(v.end()));
+  }
+  return out;
+}
+
+KernelVariant default_variant(Design design, const FamilySpec& spec, const std::string& arch) {
+  auto v = variants_for(spec, arch, design);
+  if (!v.empty()) return v.front();
+  KernelVariant nominal;
+  nominal.design = design;
+  nominal.spec = spec;
+  nominal.arch = arch;
+  for (const Knob& k : knobs_of(design)) nominal.knobs.emplace_back(k.name, k.values.front());
+  return nominal;
+}
+
+unsigned shared_bytes_for(const KernelVariant& v) {
+  switch (v.design) {
+    case Design::reference: return static_cast<unsigned>(L::reference_smem(v.spec.d_qk));
+    case Design::sdpa_packed:
+      return static_cast<unsigned>(std::max<std::int64_t>(L::gather_smem(v.spec.n), engine_smem(v)));
+    default: return static_cast<unsigned>(engine_smem(v));
+  }
+}
+
+LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
+  if (std::string problem = setting_problem(v); !problem.empty())
+    throw std::invalid_argument("no launch plan for " + v.key() + ": " + problem);
+  if (shape.batch < 1 || shape.t_q < 1 || shape.t_kv < 1 || shape.h_kv < 1)
+    throw std::invalid_argument("no launch plan for " + v.key() + ": batch, T_q, T_kv and H_kv must be >= 1 (got B=" +
+                                std::to_string(shape.batch) + " T_q=" + std::to_string(shape.t_q) + " T_kv=" +
+                                std::to_string(shape.t_kv) + " H_kv=" + std::to_string(shape.h_kv) + ")");
+  const FamilySpec& s = v.spec;
+  const std::int64_t rows = shape.batch * shape.h_kv * shape.t_q;  // (b, g, t) rows
+  auto launch = [](const char* entry, std::int64_t ctas, unsigned threads, std::int64_t smem) {
+    Launch l;
+    l.entry = entry;
+    l.grid[0] = static_cast<unsigned>(std::clamp<std::int64_t>(ctas, 1, kMaxGrid));
+    l.block[0] = threads;
+    l.shared_bytes = static_cast<unsigned>(smem);
+    return l;
+  };
+  const unsigned engine_threads = 32u * static_cast<unsigned>(std::max(1, knob_value(v, "warps")));
+  LaunchPlan plan;
+  switch (v.design) {
+    case Design::reference:
+      plan.launches.push_back(launch("nsa_reference", rows * s.h, L::kReferenceThreads, L::reference_smem(s.d_qk)));
+      break;
+    case Design::sdpa_packed:
+      plan.launches.push_back(launch("nsa_sdpa_gather", rows, L::kGatherThreads, L::gather_smem(s.n)));
+      plan.launches.push_back(launch("nsa_sdpa_attention", rows, engine_threads, engine_smem(v)));
+      plan.workspace_bytes = static_cast<std::uint64_t>(L::packed_workspace_bytes(rows, s.d_qk, s.d_v, s.block, s.n));
+      break;
+    case Design::query_outer:
+      plan.launches.push_back(launch("nsa_query_outer", rows, engine_threads, engine_smem(v)));
+      break;
+    case Design::split_kv: {
+      const int split = knob_value(v, "split");
+      plan.launches.push_back(launch("nsa_split_kv_partial", rows * split, engine_threads, engine_smem(v)));
+      plan.launches.push_back(launch("nsa_split_kv_combine", (rows * s.h + 3) / 4, 128, 0));
+      plan.workspace_bytes = static_cast<std::uint64_t>(L::split_workspace_bytes(rows, split, s.h, s.d_v));
+      break;
+    }
+    case Design::prefill_shared: {
+      const int qtile = knob_value(v, "qtile");
+      const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
+      plan.launches.push_back(launch("nsa_prefill_shared", items, engine_threads, engine_smem(v)));
+      break;
+    }
+  }
+  return plan;
+}
+
+}  // namespace nsa::jit

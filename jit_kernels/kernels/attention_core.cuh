@@ -1,0 +1,390 @@
+// The tensor-core attention engine shared by sdpa_packed, query_outer, split_kv and
+// prefill_shared. A design hands it M query rows (Q rows in shared memory) and a sequence of key
+// tiles; the engine runs a cp.async pipeline over the tiles, computes S = Q K^T and O += P V with
+// mma.sync, keeps the online-softmax statistics in fp32 registers, and merges the warps' partial
+// results through shared memory at the end. What differs between designs is only where a tile's
+// key rows come from (a functor mapping a tile row to a key row, or -1 for "zero-fill") and
+// which (row, key) pairs are masked (a functor giving the valid prefix of a 16-key chunk).
+//
+// Warps. The M rows form MT tiles of 16 (MT a power of two); the WARPS warps form a WM x WN
+// grid: warp w owns row tiles [(w % WM) * MTW, +MTW) and key columns [(w / WM) * TKW, +TKW) of
+// every tile, with MTW = MT / WM <= 2 and TKW = TILE / WN a multiple of 16. Each warp keeps its
+// own (m, l, O) over its columns; finish() merges the WN column groups of a row.
+//
+// A worked example, h = 16 and TILE = 64 with 4 warps: MT = 1, WM = 1, WN = 4, so each warp
+// owns all 16 rows and 16 keys of each tile. Per tile it issues D_qk/16 ldmatrix.x4 of K and
+// 2 * D_qk/16 MMAs for its 16x16 block of S, masks and exponentiates S in registers, packs P
+// to bf16 in place (the S accumulator of keys 0-7 and 8-15 is exactly the A fragment of a
+// k16 MMA), and issues D_v/16 ldmatrix.x4.trans of V and D_v/8 MMAs for O (16 x D_v).
+//
+// Softmax. Scores are scaled by scale * log2(e) so exp2 (ex2.approx) does the exponentials.
+// A fully masked row keeps m = -inf; the exponent base is then taken as 0 instead of m, so no
+// (-inf) - (-inf) = NaN ever appears, and l stays 0: the design writes O = 0, LSE = -inf for it.
+//
+// Pipeline. Tile i goes to stage i % STAGES. The first STAGES-1 tiles are issued up front (with
+// Q in the first group); at iteration i the engine waits until tile i has landed (at most
+// STAGES-2 younger groups in flight), synchronises the CTA once, issues tile i+STAGES-1 into
+// the stage that tile i-1 used (every warp finished it before that barrier), then computes
+// tile i. Empty groups are committed past the end so the wait count stays uniform.
+//
+// Shared memory (layout.cuh): [Q: MT*16 rows][STAGES x (K: TILE rows, V: TILE rows)], rows padded
+// by 8 elements (conflict-free ldmatrix); the fp32 merge buffer reuses it after the loop.
+#pragma once
+
+#include "common.cuh"
+
+template <int MT, int WARPS, int TILE, int STAGES>
+struct AttentionCore {
+  static constexpr int WM = nsa_layout::warps_m(MT, WARPS);
+  static constexpr int WN = nsa_layout::warps_n(MT, WARPS);
+  static constexpr int MTW = MT / WM;
+  static constexpr int TKW = TILE / WN;
+  static constexpr int ROWS = MT * 16;
+  static constexpr int THREADS = WARPS * 32;
+  static constexpr int TILE_KEYS = TILE;
+  static constexpr int QSTR = DQK + nsa_layout::kPad;  // smem row strides, in elements
+  static constexpr int KSTR = DQK + nsa_layout::kPad;
+  static constexpr int VSTR = DV + nsa_layout::kPad;
+  static constexpr int RSTR = DV + nsa_layout::kPad;   // merge buffer row stride, in floats
+  static constexpr int KCH = DQK / 8;                  // 16-byte chunks per K row
+  static constexpr int VCH = DV / 8;
+  // Q fragments stay in registers when they take at most 64 of them; else they are re-read from
+  // shared memory with ldmatrix for every tile (D_qk = 256, or two row tiles of D_qk >= 192).
+  static constexpr bool Q_IN_REGS = MTW * DQK <= 128 || (MTW == 1 && DQK <= 192);
+  static constexpr long long SMEM_BYTES = nsa_layout::core_bytes(DQK, DV, MT, WARPS, TILE, STAGES);
+
+  static_assert(nsa_layout::core_valid(MT, WARPS, TILE), "invalid engine arrangement (see layout.cuh)");
+  static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
+  static_assert(ROWS <= nsa_layout::kMaxRows, "at most 128 rows per CTA");
+
+  elem_t* q_s;
+  elem_t* k_s;
+  elem_t* v_s;
+  float* red_o;
+  float* red_ml;
+  int tid, lane, warp, wm, wn;
+
+  float o[MTW][DV / 8][4];
+  float m_run[MTW][2];
+  float l_run[MTW][2];
+  u32 qf[Q_IN_REGS ? MTW : 1][Q_IN_REGS ? DQK / 16 : 1][4];
+
+  __device__ __forceinline__ void init(unsigned char* base) {
+    q_s = reinterpret_cast<elem_t*>(base);
+    k_s = q_s + ROWS * QSTR;
+    v_s = k_s + STAGES * TILE * KSTR;
+    red_o = reinterpret_cast<float*>(base);
+    red_ml = red_o + nsa_layout::merge_o_floats(DV, MT, WARPS);
+    tid = threadIdx.x;
+    lane = tid & 31;
+    warp = tid >> 5;
+    wm = warp % WM;
+    wn = warp / WM;
+  }
+
+  /// Clears the running statistics for a new unit of work.
+  __device__ __forceinline__ void reset() {
+#pragma unroll
+    for (int mt = 0; mt < MTW; ++mt) {
+#pragma unroll
+      for (int dt = 0; dt < DV / 8; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mt][dt][e] = 0.f;
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        m_run[mt][hf] = NSA_NEG_INF;
+        l_run[mt][hf] = 0.f;
+      }
+    }
+  }
+
+  /// Issues the copies of the ROWS query rows; `row_ptr(r)` is row r's D_qk elements, or nullptr
+  /// for a padding row (zero-filled). Joins the caller's next commit group.
+  template <class RowPtr>
+  __device__ __forceinline__ void load_q_async(RowPtr row_ptr) {
+    for (int i = tid; i < ROWS * KCH; i += THREADS) {
+      const int r = i / KCH, ch = i % KCH;
+      const elem_t* src = row_ptr(r);
+      cp_async_16(smem_addr(q_s + r * QSTR + ch * 8), src != nullptr ? src + ch * 8 : q_s, src != nullptr);
+    }
+  }
+
+  /// Issues the copies of one tile into `stage`. `key_of(r)` maps tile row r to a key row, or -1
+  /// for a row to zero-fill (outside the selection, past the causal limit or past T_kv: such a
+  /// row is never read from global memory). Key row j lives at k_base + j * k_stride (elements),
+  /// and likewise for V. Joins the caller's next commit group.
+  template <class KeyOf>
+  __device__ __forceinline__ void load_tile_async(int stage, KeyOf key_of, const elem_t* k_base, long long k_stride,
+                                                  const elem_t* v_base, long long v_stride) {
+    elem_t* ks = k_s + stage * TILE * KSTR;
+    elem_t* vs = v_s + stage * TILE * VSTR;
+#pragma unroll 4
+    for (int i = tid; i < TILE * KCH; i += THREADS) {
+      const int r = i / KCH, ch = i % KCH;
+      const long long key = key_of(r);
+      const elem_t* src = key >= 0 ? k_base + key * k_stride + ch * 8 : k_base;
+      cp_async_16(smem_addr(ks + r * KSTR + ch * 8), src, key >= 0);
+    }
+#pragma unroll 4
+    for (int i = tid; i < TILE * VCH; i += THREADS) {
+      const int r = i / VCH, ch = i % VCH;
+      const long long key = key_of(r);
+      const elem_t* src = key >= 0 ? v_base + key * v_stride + ch * 8 : v_base;
+      cp_async_16(smem_addr(vs + r * VSTR + ch * 8), src, key >= 0);
+    }
+  }
+
+  /// Loads this warp's Q fragments into registers (after Q has landed and the CTA synchronised).
+  __device__ __forceinline__ void load_q_fragments() {
+    if constexpr (Q_IN_REGS) {
+#pragma unroll
+      for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+        for (int ks = 0; ks < DQK / 16; ++ks) q_fragment(qf[mt][ks], mt, ks);
+    }
+  }
+
+  __device__ __forceinline__ void q_fragment(u32 (&a)[4], int mt, int ks) const {
+    const int row = (wm * MTW + mt) * 16 + (lane & 15);
+    const int col = ks * 16 + (lane >> 4) * 8;
+    ldsm_x4(a, smem_addr(q_s + row * QSTR + col));
+  }
+
+  /// CTA-local row of accumulator half `hf` (0: row g, 1: row g+8) of this warp's tile `mt`.
+  __device__ __forceinline__ int row_of(int mt, int hf) const { return (wm * MTW + mt) * 16 + (lane >> 2) + hf * 8; }
+
+  /// Computes one tile that has landed in `stage`. When `full` is false, `valid(c0, row)` gives
+  /// how many of the 16 keys at tile columns [c0, c0+16) row `row` may see: a prefix length in
+  /// [0, 16] (keys of a 16-aligned chunk are consecutive, blocks being >= 16 keys).
+  template <class Valid>
+  __device__ __forceinline__ void compute_tile(int stage, bool full, float scale_log2, Valid valid) {
+    const elem_t* ks = k_s + stage * TILE * KSTR;
+    const elem_t* vs = v_s + stage * TILE * VSTR;
+    const int col0 = wn * TKW;
+
+    float s[MTW][TKW / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+      for (int j = 0; j < TKW / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
+
+    // S = Q K^T over this warp's columns. ldmatrix.x4 of K rows [n0, n0+16), dims [k0, k0+16):
+    // matrices (keys n0.., dims k0..), (n0.., k0+8..), (n0+8.., k0..), (n0+8.., k0+8..) are the
+    // B fragments (reg0, reg1) of key tiles n0 and n0+8.
+#pragma unroll
+    for (int kk = 0; kk < DQK / 16; ++kk) {
+      u32 a[MTW][4];
+#pragma unroll
+      for (int mt = 0; mt < MTW; ++mt) {
+        if constexpr (Q_IN_REGS) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[mt][e] = qf[mt][kk][e];
+        } else {
+          q_fragment(a[mt], mt, kk);
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < TKW / 16; ++np) {
+        u32 b[4];
+        const int krow = col0 + np * 16 + (lane & 7) + (lane >> 4) * 8;
+        const int kcol = kk * 16 + ((lane >> 3) & 1) * 8;
+        ldsm_x4(b, smem_addr(ks + krow * KSTR + kcol));
+#pragma unroll
+        for (int mt = 0; mt < MTW; ++mt) {
+          mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
+          mma_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+      for (int j = 0; j < TKW / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][j][e] *= scale_log2;
+
+    if (!full) {
+      // Thread columns within a 16-key chunk: 2c, 2c+1 (first n8 tile) and 8+2c, 9+2c.
+      const int c2 = (lane & 3) * 2;
+#pragma unroll
+      for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int row = row_of(mt, hf);
+#pragma unroll
+          for (int ch = 0; ch < TKW / 16; ++ch) {
+            const int nv = valid(col0 + ch * 16, row);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e)
+                if (nt * 8 + c2 + e >= nv) s[mt][2 * ch + nt][2 * hf + e] = NSA_NEG_INF;
+          }
+        }
+    }
+
+    // Online softmax, per accumulator row (the 4 lanes of a quad share a row).
+#pragma unroll
+    for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = NSA_NEG_INF;
+#pragma unroll
+        for (int j = 0; j < TKW / 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * hf], s[mt][j][2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_run[mt][hf], mx);
+        const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
+        const float alpha = fast_exp2(m_run[mt][hf] - base);
+        float rs = 0.f;
+#pragma unroll
+        for (int j = 0; j < TKW / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pv = fast_exp2(s[mt][j][2 * hf + e] - base);
+            s[mt][j][2 * hf + e] = pv;
+            rs += pv;
+          }
+        l_run[mt][hf] = l_run[mt][hf] * alpha + rs;
+        m_run[mt][hf] = m_new;
+#pragma unroll
+        for (int dt = 0; dt < DV / 8; ++dt) {
+          o[mt][dt][2 * hf] *= alpha;
+          o[mt][dt][2 * hf + 1] *= alpha;
+        }
+      }
+
+    // O += P V. P of keys [16kc, 16kc+16) is the A fragment built from S tiles 2kc and 2kc+1.
+    // ldmatrix.x4.trans of V rows [k0, k0+16), dims [n0, n0+16): matrices (keys k0.., dims n0..),
+    // (k0+8.., n0..), (k0.., n0+8..), (k0+8.., n0+8..) are B fragments (reg0, reg1) of dim tiles
+    // n0 and n0+8.
+#pragma unroll
+    for (int kc = 0; kc < TKW / 16; ++kc) {
+      u32 pa[MTW][4];
+#pragma unroll
+      for (int mt = 0; mt < MTW; ++mt) {
+        pa[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+        pa[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+        pa[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+        pa[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+      }
+      const int vrow = col0 + kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int dp = 0; dp < DV / 16; ++dp) {
+        u32 b[4];
+        ldsm_x4_t(b, smem_addr(vs + vrow * VSTR + dp * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int mt = 0; mt < MTW; ++mt) {
+          mma_16816(o[mt][2 * dp], pa[mt], b[0], b[1]);
+          mma_16816(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+
+  /// Runs the whole pipeline over `ntiles` tiles numbered [first, first + ntiles). For tile i,
+  /// `load(stage, i)` issues its copies (load_tile_async), `full(i)` says no key of it is masked
+  /// for any row, `valid(i, c0, row)` is the masking rule of compute_tile. `load_q()` issues the
+  /// Q copies (joined to the first group). With ntiles == 0 nothing is loaded and the
+  /// statistics stay empty.
+  template <class LoadQ, class Load, class Full, class Valid>
+  __device__ __forceinline__ void run(long long first, long long ntiles, float scale_log2, LoadQ load_q, Load load,
+                                      Full full, Valid valid) {
+    reset();
+    if (ntiles <= 0) return;
+    load_q();
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+      if (st < ntiles) load(st, first + st);
+      cp_async_commit();
+    }
+    for (long long it = 0; it < ntiles; ++it) {
+      cp_async_wait<STAGES - 2>();
+      __syncthreads();
+      if (it == 0) load_q_fragments();
+      const long long next = it + STAGES - 1;
+      if (next < ntiles) load((int)(next % STAGES), first + next);
+      cp_async_commit();
+      const long long tile = first + it;
+      compute_tile((int)(it % STAGES), full(tile), scale_log2,
+                   [&](int c0, int row) { return valid(tile, c0, row); });
+    }
+  }
+
+  /// Merges the warps' partial results. For each CTA row r < rows and 8-wide chunk ch of D_v,
+  /// calls emit(r, ch, acc, m, l) with acc[e] = sum over column groups of exp2(m_w - m) O_w
+  /// (unnormalised, relative to the row's log2-domain max m) and l the matching sum of
+  /// exp2(m_w - m) l_w. m = -inf and l = 0 for a row that saw no key. Call it on every thread;
+  /// it synchronises the CTA before and after.
+  template <class Emit>
+  __device__ __forceinline__ void finish(int rows, Emit emit) {
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with Q/K/V: the merge buffer overlays them
+    const int g = lane >> 2, c2 = (lane & 3) * 2;
+#pragma unroll
+    for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float l = l_run[mt][hf];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int row = (wm * MTW + mt) * 16 + g + hf * 8;
+        float* dst = red_o + (wn * ROWS + row) * RSTR;
+#pragma unroll
+        for (int dt = 0; dt < DV / 8; ++dt) {
+          dst[dt * 8 + c2] = o[mt][dt][2 * hf];
+          dst[dt * 8 + c2 + 1] = o[mt][dt][2 * hf + 1];
+        }
+        if ((lane & 3) == 0) {
+          red_ml[(wn * ROWS + row) * 2] = m_run[mt][hf];
+          red_ml[(wn * ROWS + row) * 2 + 1] = l;
+        }
+      }
+    __syncthreads();
+    for (int i = tid; i < rows * (DV / 8); i += THREADS) {
+      const int r = i / (DV / 8), ch = i % (DV / 8);
+      float m = NSA_NEG_INF;
+#pragma unroll
+      for (int w = 0; w < WN; ++w) m = fmaxf(m, red_ml[(w * ROWS + r) * 2]);
+      const float base = m == NSA_NEG_INF ? 0.f : m;
+      float acc[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+      float l = 0.f;
+#pragma unroll
+      for (int w = 0; w < WN; ++w) {
+        const float wgt = fast_exp2(red_ml[(w * ROWS + r) * 2] - base);
+        l += wgt * red_ml[(w * ROWS + r) * 2 + 1];
+        const float4* src = reinterpret_cast<const float4*>(red_o + (w * ROWS + r) * RSTR + ch * 8);
+        const float4 x0 = src[0], x1 = src[1];
+        acc[0] += wgt * x0.x;
+        acc[1] += wgt * x0.y;
+        acc[2] += wgt * x0.z;
+        acc[3] += wgt * x0.w;
+        acc[4] += wgt * x1.x;
+        acc[5] += wgt * x1.y;
+        acc[6] += wgt * x1.z;
+        acc[7] += wgt * x1.w;
+      }
+      emit(r, ch, acc, m, l);
+    }
+    __syncthreads();  // the merge buffer and the design's shared state may be reused next
+  }
+};
+
+/// Writes one 8-wide chunk of a final output row: O = acc / l (0 for an empty row), and when
+/// `lse` is not null and ch == 0, LSE = ln(sum exp(s)) = (m + log2 l) ln 2 (or -inf).
+__device__ __forceinline__ void store_output_chunk(elem_t* o_row, float* lse, int ch, const float (&acc)[8], float m,
+                                                   float l) {
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  uint4 v;
+  v.x = pack2(acc[0] * inv, acc[1] * inv);
+  v.y = pack2(acc[2] * inv, acc[3] * inv);
+  v.z = pack2(acc[4] * inv, acc[5] * inv);
+  v.w = pack2(acc[6] * inv, acc[7] * inv);
+  *reinterpret_cast<uint4*>(o_row + ch * 8) = v;
+  if (lse != nullptr && ch == 0) *lse = l > 0.f ? (m + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
+}

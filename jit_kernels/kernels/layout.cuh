@@ -1,0 +1,129 @@
+// Shared-memory and workspace layouts of every design, written once for both sides: the kernels
+// carve their dynamic shared memory and workspace with these functions, and the host catalog
+// (jit_kernels/catalog.cpp includes this file) reserves exactly the bytes they carve. Plain
+// constexpr C++ with no CUDA or standard headers, so g++ and NVRTC both compile it.
+//
+// The MMA designs share one CTA engine (attention_core.cuh) whose shared memory is
+//
+//   [ design extras | Q tile | STAGES x (K tile, V tile) ]      during the key loop
+//   [ design extras | merge buffer (fp32 O, m, l per warp column group)         ]  at the end
+//
+// Rows of bf16/fp16 tiles are padded by 8 elements (16 bytes) so that the 8 row addresses of an
+// ldmatrix phase fall into 8 different 4-bank groups: a row of D elements is D/2 + 4 words, an
+// odd multiple of 4 words when D is a multiple of 16, hence conflict-free for every supported D.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define NSA_HD __host__ __device__
+#else
+#define NSA_HD
+#endif
+
+namespace nsa_layout {
+
+constexpr int kPad = 8;            // elements of padding per bf16/fp16 smem row
+constexpr int kMaxRows = 128;      // largest M (query rows x heads) of one CTA
+constexpr int kMaxSplit = 32;      // largest split of split_kv (one lane per split in combine)
+
+NSA_HD constexpr long long round_up(long long x, long long m) { return (x + m - 1) / m * m; }
+NSA_HD constexpr int min_i(int a, int b) { return a < b ? a : b; }
+NSA_HD constexpr long long max_ll(long long a, long long b) { return a > b ? a : b; }
+
+/// 16-row MMA tiles for `rows` rows, rounded up to a power of two so warps can split them evenly.
+NSA_HD constexpr int m_tiles(int rows) {
+  int mt = (rows + 15) / 16;
+  int p = 1;
+  while (p < mt) p *= 2;
+  return p;
+}
+NSA_HD constexpr int log2_exact(int x) {
+  int l = 0;
+  while ((1 << l) < x) ++l;
+  return l;
+}
+NSA_HD constexpr int pow2_at_least(int x) { return 1 << log2_exact(x); }
+
+/// Warp arrangement of the engine: WM warps along M (each owning MT/WM tiles of 16 rows), WN
+/// along the key columns of a tile (each owning TILE/WN columns).
+NSA_HD constexpr int warps_m(int mt, int warps) { return min_i(mt, warps); }
+NSA_HD constexpr int warps_n(int mt, int warps) { return warps / warps_m(mt, warps); }
+
+/// Whether the engine can run this arrangement: every warp owns a multiple of 16 key columns
+/// (one P.V k-step) and at most two 16-row tiles (register budget).
+NSA_HD constexpr bool core_valid(int mt, int warps, int tile) {
+  return mt >= 1 && warps >= 1 && warps <= 16 && mt % warps_m(mt, warps) == 0 &&
+         warps % warps_m(mt, warps) == 0 && mt / warps_m(mt, warps) <= 2 &&
+         tile % (16 * warps_n(mt, warps)) == 0 && tile >= 16;
+}
+
+NSA_HD constexpr long long q_tile_bytes(int dqk, int mt) { return (long long)mt * 16 * (dqk + kPad) * 2; }
+NSA_HD constexpr long long kv_stage_bytes(int dqk, int dv, int tile) {
+  return (long long)tile * ((dqk + kPad) + (dv + kPad)) * 2;
+}
+/// fp32 partial O (row stride DV + 8 floats), then m and l, for each of WN column groups.
+NSA_HD constexpr long long merge_o_floats(int dv, int mt, int warps) {
+  return (long long)warps_n(mt, warps) * mt * 16 * (dv + kPad);
+}
+NSA_HD constexpr long long merge_bytes(int dv, int mt, int warps) {
+  return merge_o_floats(dv, mt, warps) * 4 + (long long)warps_n(mt, warps) * mt * 16 * 2 * 4;
+}
+/// The engine's region (after the design extras).
+NSA_HD constexpr long long core_bytes(int dqk, int dv, int mt, int warps, int tile, int stages) {
+  return max_ll(q_tile_bytes(dqk, mt) + stages * kv_stage_bytes(dqk, dv, tile), merge_bytes(dv, mt, warps));
+}
+
+// Design extras (before the engine region, rounded to 128 bytes) -----------------------------
+
+/// query_outer / split_kv: the row's compacted block list (n ints) and 4 scalars.
+NSA_HD constexpr long long row_list_bytes(int n) { return round_up((long long)(n + 4) * 4, 128); }
+/// prefill_shared: the sort buffer (pow2 >= qtile*n ints), the union list and the per-block
+/// query masks (qtile*n each), and 4 scalars.
+NSA_HD constexpr int union_sort_size(int qtile, int n) { return pow2_at_least(qtile * n); }
+NSA_HD constexpr long long union_bytes(int qtile, int n) {
+  return round_up((long long)(union_sort_size(qtile, n) + 2 * qtile * n + 4) * 4, 128);
+}
+
+NSA_HD constexpr long long query_outer_smem(int dqk, int dv, int h, int n, int warps, int tile, int stages) {
+  return row_list_bytes(n) + core_bytes(dqk, dv, m_tiles(h), warps, tile, stages);
+}
+NSA_HD constexpr long long packed_attention_smem(int dqk, int dv, int h, int warps, int tile, int stages) {
+  return core_bytes(dqk, dv, m_tiles(h), warps, tile, stages);
+}
+NSA_HD constexpr long long prefill_shared_smem(int dqk, int dv, int h, int n, int qtile, int warps, int tile,
+                                               int stages) {
+  return union_bytes(qtile, n) + core_bytes(dqk, dv, m_tiles(qtile * h), warps, tile, stages);
+}
+/// reference: q (fp32), one score per thread of a 128-key chunk, 32 reduction slots.
+constexpr int kReferenceThreads = 128;
+NSA_HD constexpr long long reference_smem(int dqk) { return (long long)(dqk + kReferenceThreads + 32) * 4; }
+/// sdpa_packed gather: per slot its block, visible count and packed offset.
+constexpr int kGatherThreads = 256;
+NSA_HD constexpr long long gather_smem(int n) { return (long long)n * 3 * 4; }
+
+// Workspaces ----------------------------------------------------------------------------------
+// Rows are (b, g, t) triples numbered ((b * H_kv + g) * T_q + t), the order of block_idx.
+
+/// sdpa_packed: K_p [rows][n*block][D_qk], V_p [rows][n*block][D_v] (dtype), len [rows] (int32).
+NSA_HD constexpr long long packed_k_offset() { return 0; }
+NSA_HD constexpr long long packed_v_offset(long long rows, int dqk, int block, int n) {
+  return rows * n * block * dqk * 2;
+}
+NSA_HD constexpr long long packed_len_offset(long long rows, int dqk, int dv, int block, int n) {
+  return rows * n * block * (long long)(dqk + dv) * 2;
+}
+NSA_HD constexpr long long packed_workspace_bytes(long long rows, int dqk, int dv, int block, int n) {
+  return packed_len_offset(rows, dqk, dv, block, n) + round_up(rows * 4, 256);
+}
+
+/// split_kv: partial O [rows][split][h][D_v] (fp32, relative to m), m and l [rows][split][h].
+NSA_HD constexpr long long split_m_offset(long long rows, int split, int h, int dv) {
+  return rows * split * h * (long long)dv * 4;
+}
+NSA_HD constexpr long long split_l_offset(long long rows, int split, int h, int dv) {
+  return split_m_offset(rows, split, h, dv) + rows * split * h * 4;
+}
+NSA_HD constexpr long long split_workspace_bytes(long long rows, int split, int h, int dv) {
+  return split_l_offset(rows, split, h, dv) + round_up(rows * split * h * 4, 256);
+}
+
+}  // namespace nsa_layout

@@ -1,0 +1,124 @@
+// Hardware primitives of the selection kernels, in inline PTX: NVRTC compiles the kernels with no
+// include path, so there is no <cuda_bf16.h>, <cuda_fp16.h> or <cuda/pipeline>; everything the
+// kernels need from the hardware beyond plain C++ and CUDA built-ins is here, in one file, so it
+// can be reviewed against the PTX ISA in one sitting.
+//
+// Targets sm_80 and later: mma.sync m16n8k16 (bf16/fp16 in, fp32 accumulate), ldmatrix, and
+// cp.async with zero-fill. Elements travel as raw 16-bit patterns (`elem_t`); the dtype is chosen
+// by the prelude's NSA_DTYPE_BF16 / NSA_DTYPE_FP16.
+//
+// Fragment layouts used throughout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
+// g = lane / 4 and c = lane % 4:
+//   A (16x16, row-major): reg0 = (row g,   k 2c..2c+1)   reg1 = (row g+8, k 2c..2c+1)
+//                         reg2 = (row g,   k 2c+8..+9)   reg3 = (row g+8, k 2c+8..+9)
+//   B (16x8, "col"):      reg0 = (k 2c..2c+1, col g)     reg1 = (k 2c+8..+9, col g)
+//   C/D (16x8, fp32):     d0,d1 = (row g, cols 2c, 2c+1)  d2,d3 = (row g+8, cols 2c, 2c+1)
+// The lower half of a 32-bit register always holds the lower column / k index.
+#pragma once
+
+#if defined(NSA_DTYPE_BF16) == defined(NSA_DTYPE_FP16)
+#error "define exactly one of NSA_DTYPE_BF16 and NSA_DTYPE_FP16 (the variant prelude does)"
+#endif
+
+typedef unsigned short elem_t;  // one bf16 or fp16 value, as bits
+typedef unsigned int u32;
+
+/// The CTA's dynamic shared memory (16-byte aligned) and its size as launched.
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char nsa_dynamic_smem[];
+  return nsa_dynamic_smem;
+}
+__device__ __forceinline__ u32 dynamic_smem_size() {
+  u32 bytes;
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+  return bytes;
+}
+/// 32-bit shared-state-space address of a generic pointer into shared memory.
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// ---- asynchronous copies (sm_80) -------------------------------------------------------------
+
+/// Copies 16 bytes from global `src` to shared `dst` asynchronously, or writes 16 zero bytes
+/// when `valid` is false (src-size 0: nothing is read, so `src` may be any pointer). This is how
+/// rows past T_kv, unselected positions and padding rows stay in bounds and finite.
+__device__ __forceinline__ void cp_async_16(u32 dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ---- ldmatrix ----------------------------------------------------------------------------------
+
+/// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and each lane gets
+/// (row lane/4, elements 2(lane%4), +1) of matrix i in r[i].
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+/// The same, transposed: each lane gets (rows 2(lane%4), +1; column lane/4) of matrix i.
+__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// ---- tensor cores ------------------------------------------------------------------------------
+
+/// d += A (16x16) * B (16x8), fp32 accumulate, inputs of the family's dtype.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if defined(NSA_DTYPE_BF16)
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// ---- conversions -------------------------------------------------------------------------------
+
+/// Two floats rounded to nearest-even into one register: `lo` in bits 0-15, `hi` in 16-31.
+/// (cvt.rn.*x2.f32 d, a, b puts a in the upper half.)
+__device__ __forceinline__ u32 pack2(float lo, float hi) {
+  u32 r;
+#if defined(NSA_DTYPE_BF16)
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+  return r;
+}
+/// Exact widening of one element.
+__device__ __forceinline__ float to_float(elem_t x) {
+#if defined(NSA_DTYPE_BF16)
+  return __uint_as_float(((u32)x) << 16);
+#else
+  float f;
+  asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(x));
+  return f;
+#endif
+}
+/// One float rounded to nearest-even.
+__device__ __forceinline__ elem_t from_float(float f) { return (elem_t)(pack2(f, 0.f) & 0xffffu); }
+
+// ---- fast math ---------------------------------------------------------------------------------
+
+/// 2^x with the MUFU unit; 2^-inf = +0, which the online softmax relies on for masked scores.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}

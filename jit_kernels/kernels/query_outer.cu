@@ -1,0 +1,42 @@
+// query_outer: group-centric selection attention. One CTA per (b, g, t) row loads each selected
+// K/V tile once for all h query heads of group g, which sit in the MMA M dimension (padded to
+// 16). The row's visible keys are compacted (selected_row.cuh) and streamed through a STAGES-deep
+// cp.async pipeline in tiles of TILE keys; warps split each tile's key columns (and the rows when
+// h > 16), keep the online softmax in registers, and merge through shared memory at the end
+// (attention_core.cuh). CTAs are numbered (b, g, t) with t fastest, so neighbouring queries of
+// one group, which share blocks, run close in time and meet in L2.
+//
+// Knobs: NSA_KNOB_WARPS (4, 8), NSA_KNOB_TILE (32, 64, 128 keys), NSA_KNOB_STAGES (2..4).
+// Launch: grid.x = min(rows, 2^31-1) (CTAs loop over rows), block = 32 * warps,
+// dynamic shared memory = nsa_layout::query_outer_smem(...). No workspace.
+#include "selected_row.cuh"
+
+#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_TILE) || !defined(NSA_KNOB_STAGES)
+#error "query_outer.cu needs the knobs warps, tile and stages (jit_kernels/catalog.cpp)"
+#endif
+
+using Core = AttentionCore<nsa_layout::m_tiles(H), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES>;
+
+extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_query_outer(const SelectionParams p) {
+  constexpr long long kExtras = nsa_layout::row_list_bytes(NSEL);
+  require_smem(nsa_layout::query_outer_smem(DQK, DV, H, NSEL, NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES));
+  unsigned char* smem = dynamic_smem();
+  Core core;
+  core.init(smem + kExtras);
+  SelectedRow row;
+
+  const long long rows = p.batch * p.h_kv * p.t_q;
+  const long long h_q = p.h_kv * H;
+  elem_t* O = ptr_elem_mut(p.o);
+  float* LSE = reinterpret_cast<float*>(p.lse);
+  for (long long rid = blockIdx.x; rid < rows; rid += gridDim.x) {
+    const RowId r = split_row(rid, p);
+    row.build(reinterpret_cast<int*>(smem), p, r);
+    const long long ntiles = (row.npos + Core::TILE_KEYS - 1) / Core::TILE_KEYS;
+    attend_selected_row(core, row, p, r, 0, ntiles, [&](int i, int ch, const float (&acc)[8], float m, float l) {
+      const long long head = r.g * H + i;
+      store_output_chunk(O + ((r.b * p.t_q + r.t) * h_q + head) * DV, LSE != nullptr ? LSE + (r.b * h_q + head) * p.t_q + r.t : nullptr,
+                         ch, acc, m, l);
+    });
+  }
+}
