@@ -79,8 +79,13 @@ std::string PrecompileSummary::describe(const std::string& arch) const {
 
 PrecompileSummary precompile(const std::string& arch, cache::VerdictStore& store, const jit::ProgressCallback& progress,
                              const std::vector<jit::FamilySpec>& families, unsigned threads) {
+  return compile_into_store(precompile_variants(arch, families.empty() ? default_precompile_families() : families),
+                            store, progress, threads);
+}
+
+PrecompileSummary compile_into_store(const std::vector<jit::KernelVariant>& variants, cache::VerdictStore& store,
+                                     const jit::ProgressCallback& progress, unsigned threads) {
   const auto start = std::chrono::steady_clock::now();
-  const auto variants = precompile_variants(arch, families.empty() ? default_precompile_families() : families);
   StoreCubinCache cache(store);
   jit::CompilePool pool(threads, &cache);
   const auto outcomes = pool.compile_all(variants, progress);

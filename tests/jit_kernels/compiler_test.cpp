@@ -101,7 +101,9 @@ TEST(CompilePool, KeyCarriesEverythingThatMakesACubinStale) {
   MemoryCubinCache cache;
   auto stale = key;
   stale.nvrtc_version = "12.4";
-  ASSERT_TRUE(cache.put(stale, Cubin{{1, 2, 3}}));
+  Cubin bogus;
+  bogus.image = {1, 2, 3};
+  ASSERT_TRUE(cache.put(stale, bogus));
   CompilePool pool(1, &cache);
   auto out = pool.compile(v);
   ASSERT_TRUE(out.result);

@@ -123,21 +123,23 @@ TEST(Precompile, AnArchNvrtcCannotTargetFailsEveryVariantWithTheReason) {
 }
 
 TEST(Precompile, ASecondRunCompilesNothing) {
-  // A small family keeps this fast; the default families are exercised by `nsa-tunectl compile`.
+  // Three small variants keep this fast; precompile() runs the same code over the catalog.
   test::TempDir dir;
   auto store = cache::VerdictStore::open(dir.path() / "state.sqlite");
   ASSERT_TRUE(store);
-  const std::vector<jit::FamilySpec> families = {jit::FamilySpec{jit::ElemType::bf16, 64, 64, 1, 32, 1}};
-  const std::size_t variants = tuner::precompile_variants("sm_80", families).size();
-  if (variants > 60) GTEST_SKIP() << "the catalog offers " << variants << " variants for the small family: too slow here";
-  auto first = tuner::precompile("sm_80", *store, {}, families, 2);
-  EXPECT_EQ(first.total, variants);
+  const std::vector<jit::KernelVariant> variants = {small_reference("sm_80"), small_reference("sm_86"),
+                                                    small_reference("sm_90")};
+  std::size_t calls = 0;
+  auto first = tuner::compile_into_store(variants, *store, [&](const jit::CompileProgress&) { ++calls; }, 2);
+  EXPECT_EQ(calls, 3u);
+  EXPECT_EQ(first.total, 3u);
   EXPECT_EQ(first.failed, 0u) << (first.failures.empty() ? "" : first.failures[0].message());
-  EXPECT_EQ(first.compiled, variants);
-  auto second = tuner::precompile("sm_80", *store, {}, families, 2);
-  EXPECT_EQ(second.from_cache, variants);
+  EXPECT_EQ(first.compiled, 3u);
+  EXPECT_EQ(store->kernel_count(), 3);
+  auto second = tuner::compile_into_store(variants, *store, {}, 2);
+  EXPECT_EQ(second.from_cache, 3u);
   EXPECT_EQ(second.compiled, 0u);
-  EXPECT_NE(second.describe("sm_80").find("0 compiled, " + std::to_string(variants) + " from the cache"),
+  EXPECT_NE(second.describe("sm_80").find("3 variants for sm_80: 0 compiled, 3 from the cache, 0 failed"),
             std::string::npos)
       << second.describe("sm_80");
 }

@@ -62,4 +62,8 @@ PrecompileSummary precompile(const std::string& arch, cache::VerdictStore& store
                              const std::vector<jit::FamilySpec>& families = {},
                              unsigned threads = 0);
 
+/// The same for an explicit list of variants (any arches): what precompile() runs.
+PrecompileSummary compile_into_store(const std::vector<jit::KernelVariant>& variants, cache::VerdictStore& store,
+                                     const jit::ProgressCallback& progress = {}, unsigned threads = 0);
+
 }  // namespace nsa::tuner
