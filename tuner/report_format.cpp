@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nsa/tuner/report.hpp"
@@ -215,6 +216,15 @@ Table demand_table(const json& rows, bool with_arch) {
   return t;
 }
 
+/// The reasons of the points that stayed sdpa: the question an operator asks of a table is
+/// "why not sparse here?", and the verdict's reason answers it (margin, gate, failures).
+std::vector<std::pair<std::string, std::string>> sdpa_reasons(const json& family) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const json& p : array(family, "points"))
+    if (str(p, "backend") == "sdpa" && !str(p, "reason", "").empty()) out.emplace_back(str(p, "point"), str(p, "reason"));
+  return out;
+}
+
 std::string family_heading(const json& family) {
   std::string out = str(family, "family") + "  class #" + integer(family, "device_class");
   if (flag(family, "stale")) out += "  STALE";
@@ -267,6 +277,7 @@ std::string render_text(const json& r) {
     for (const json& f : families) {
       out += "family " + family_heading(f) + "\n";
       out += render_text_table(points_table(f), "  ");
+      for (const auto& [point, reason] : sdpa_reasons(f)) out += "  why sdpa at " + point + ": " + reason + "\n";
     }
     const json& demand = array(a, "demand");
     if (!demand.empty()) {
@@ -316,6 +327,9 @@ std::string render_markdown(const json& r) {
       out += std::string(flag(f, "viable") ? ", viable" : ", not viable") + ", min selected length " +
              min_length(f) + ".\n\n";
       out += render_md_table(points_table(f)) + "\n";
+      auto reasons = sdpa_reasons(f);
+      for (const auto& [point, reason] : reasons) out += "- why sdpa at `" + point + "`: " + md_cell(reason) + "\n";
+      if (!reasons.empty()) out += "\n";
     }
     const json& demand = array(a, "demand");
     if (!demand.empty()) out += "Demand (requests that found no verdict):\n\n" + render_md_table(demand_table(demand, false));

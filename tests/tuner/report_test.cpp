@@ -171,6 +171,13 @@ TEST_F(Report, ModelCarriesEveryDocumentedFieldFromRecordedTables) {
   EXPECT_TRUE(prefill["min_selected_length"].is_null());
   EXPECT_EQ(prefill["points"][0]["variant"], "ps.ok") << "the gate-passing loser is named";
   EXPECT_NE(prefill["points"][0]["reason"].get<std::string>().find("below the 1.20x margin"), std::string::npos);
+
+  // The text answers "why not sparse here?" under each table.
+  std::string text = render_report(model, ReportFormat::text);
+  EXPECT_NE(text.find("  why sdpa at b1.hkv4.tq1.tkv8192: best sparse candidate is 1.08x, below the 1.20x margin"),
+            std::string::npos)
+      << text;
+  EXPECT_EQ(text.find("why sdpa at b64.hkv4.tq1.tkv32768"), std::string::npos) << "sparse points need no excuse";
 }
 
 TEST_F(Report, VerdictsOfAnotherClassAreStaleAndKeptApart) {
