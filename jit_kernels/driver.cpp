@@ -248,7 +248,7 @@ DriverResult<void> DeviceBuffer::copy_from(const DeviceBuffer& src, std::size_t 
 DriverResult<Stream> Stream::create() {
   if (auto ok = ensure_driver(); !ok) return std::unexpected(ok.error());
   CUstream s = nullptr;
-  if (CUresult r = api().stream_create(&s, CU_STREAM_NON_BLOCKING); r != CUDA_SUCCESS) return fail("cuStreamCreate", r);
+  if (CUresult r = api().stream_create(&s, CU_STREAM_DEFAULT); r != CUDA_SUCCESS) return fail("cuStreamCreate", r);
   return Stream(s);
 }
 Stream::Stream(Stream&& o) noexcept : m_stream(o.m_stream) { o.m_stream = nullptr; }

@@ -132,7 +132,9 @@ class DeviceBuffer {
   std::string m_what;
 };
 
-/// A non-blocking stream (CU_STREAM_NON_BLOCKING); destroyed in the destructor.
+/// A stream, destroyed in the destructor. Created blocking (CU_STREAM_DEFAULT) on purpose: the
+/// uploads, downloads and fills of DeviceBuffer run on the legacy default stream, and a blocking
+/// stream is ordered with it, so poisoning an output and then launching on this stream cannot race.
 class Stream {
  public:
   static DriverResult<Stream> create();
