@@ -344,6 +344,14 @@ DriverResult<void> PreparedPlan::launch(const SelectionParams& params, const Str
   return {};
 }
 
+DriverResult<void> launch_raw(CUfunction function, const Launch& l, std::vector<void*> args, const Stream& stream,
+                              const std::string& what) {
+  CUresult r = api().launch_kernel(function, l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1], l.block[2],
+                                   l.shared_bytes, stream.handle(), args.data(), nullptr);
+  if (r != CUDA_SUCCESS) return fail("cuLaunchKernel", r, what, "entry '" + l.entry + "'");
+  return {};
+}
+
 DriverResult<void> launch(const Module& module, const LaunchPlan& plan, const SelectionParams& params,
                           const Stream& stream) {
   auto prepared = PreparedPlan::prepare(module, plan);

@@ -184,6 +184,11 @@ class PreparedPlan {
   std::string m_variant;
 };
 
+/// Launches one function with explicit arguments (`args` points at each argument), for kernels
+/// that do not take SelectionParams (benchmark helpers). `what` names it in errors.
+DriverResult<void> launch_raw(CUfunction function, const Launch& launch, std::vector<void*> args, const Stream& stream,
+                              const std::string& what);
+
 /// prepare + launch in one call. Launches needing more than 48 KiB of dynamic shared memory
 /// get CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES raised first.
 DriverResult<void> launch(const Module& module, const LaunchPlan& plan, const SelectionParams& params,

@@ -1,0 +1,241 @@
+// See bench_support.hpp.
+
+#include "bench_support.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+
+#include "nsa/jit/nvrtc.hpp"
+
+namespace nsa::bench {
+
+jit::FamilySpec ShapeSpec::family() const {
+  return jit::FamilySpec{dtype, shape.d_qk, shape.d_v, shape.h, shape.block, shape.n};
+}
+
+std::string ShapeSpec::describe() const {
+  std::ostringstream s;
+  s << name << ": B=" << shape.batch << " T_q=" << shape.t_q << " T_kv=" << shape.t_kv << " H_q=" << shape.h_q()
+    << " H_kv=" << shape.h_kv << " D_qk=" << shape.d_qk << " D_v=" << shape.d_v << " block=" << shape.block
+    << " n=" << shape.n << " " << (dtype == jit::ElemType::bf16 ? "bf16" : "fp16");
+  return s.str();
+}
+
+ShapeSpec default_decode() {
+  ShapeSpec s;
+  s.name = "decode";
+  s.shape.batch = 64;
+  s.shape.t_q = 1;
+  s.shape.t_kv = 32768;
+  s.shape.h_kv = 4;
+  s.shape.h = 16;
+  s.shape.d_qk = s.shape.d_v = 128;
+  s.shape.block = 64;
+  s.shape.n = 16;
+  return s;
+}
+
+ShapeSpec default_prefill() {
+  ShapeSpec s = default_decode();
+  s.name = "prefill";
+  s.shape.batch = 2;
+  s.shape.t_q = s.shape.t_kv = 8192;
+  return s;
+}
+
+std::expected<ShapeSpec, std::string> parse_shape(const std::string& text) {
+  if (text == "decode") return default_decode();
+  if (text == "prefill") return default_prefill();
+  ShapeSpec s = default_decode();
+  s.name = text;
+  std::int64_t hq = -1;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos)
+      return std::unexpected("shape item '" + item + "' is not key=value (keys: b tq tkv hq hkv h d dqk dv block n dtype)");
+    const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    if (key == "dtype") {
+      if (value == "bf16") s.dtype = jit::ElemType::bf16;
+      else if (value == "fp16") s.dtype = jit::ElemType::fp16;
+      else return std::unexpected("dtype must be bf16 or fp16, not '" + value + "'");
+      continue;
+    }
+    std::int64_t v = 0;
+    try {
+      std::size_t used = 0;
+      v = std::stoll(value, &used);
+      if (used != value.size()) throw std::invalid_argument(value);
+    } catch (const std::exception&) {
+      return std::unexpected("shape item '" + item + "': '" + value + "' is not an integer");
+    }
+    if (v < 1) return std::unexpected("shape item '" + item + "': values must be >= 1");
+    if (key == "b") s.shape.batch = v;
+    else if (key == "tq") s.shape.t_q = v;
+    else if (key == "tkv") s.shape.t_kv = v;
+    else if (key == "hq") hq = v;
+    else if (key == "hkv") s.shape.h_kv = v;
+    else if (key == "h") s.shape.h = static_cast<int>(v);
+    else if (key == "d") s.shape.d_qk = s.shape.d_v = static_cast<int>(v);
+    else if (key == "dqk") s.shape.d_qk = static_cast<int>(v);
+    else if (key == "dv") s.shape.d_v = static_cast<int>(v);
+    else if (key == "block") s.shape.block = static_cast<int>(v);
+    else if (key == "n") s.shape.n = static_cast<int>(v);
+    else return std::unexpected("unknown shape key '" + key + "' (keys: b tq tkv hq hkv h d dqk dv block n dtype)");
+  }
+  if (hq > 0) {
+    if (hq % s.shape.h_kv != 0)
+      return std::unexpected("H_q=" + std::to_string(hq) + " is not a multiple of H_kv=" + std::to_string(s.shape.h_kv));
+    s.shape.h = static_cast<int>(hq / s.shape.h_kv);
+  }
+  if (auto bad = s.shape.validate()) return std::unexpected(*bad);
+  return s;
+}
+
+UsefulWork useful_work(const jit::SelectionShape& s, std::span<const std::int32_t> idx) {
+  UsefulWork w;
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    for (std::int64_t g = 0; g < s.h_kv; ++g)
+      for (std::int64_t t = 0; t < s.t_q; ++t) {
+        const std::int64_t p = s.position(t);
+        const std::int32_t* row = idx.data() + ((b * s.h_kv + g) * s.t_q + t) * s.n;
+        for (int slot = 0; slot < s.n; ++slot) {
+          if (row[slot] < 0) continue;
+          const std::int64_t first = std::int64_t{row[slot]} * s.block;
+          const std::int64_t end = std::min<std::int64_t>({first + s.block, s.t_kv, p + 1});
+          if (end > first) w.visible_keys += end - first;
+        }
+      }
+  const double keys = static_cast<double>(w.visible_keys);
+  w.kv_bytes = keys * (s.d_qk + s.d_v) * 2.0;
+  w.flops = 2.0 * s.h * keys * (s.d_qk + s.d_v);
+  return w;
+}
+
+namespace {
+
+// A counter-based generator (splitmix64 of seed and index) and Box-Muller, converted with the
+// hardware's round-to-nearest instructions. Needs no header: it is compiled with NVRTC like the
+// kernels, on any host the benchmark runs on.
+constexpr const char* kFillSource = R"(
+typedef unsigned long long u64;
+__device__ u64 splitmix(u64 x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+extern "C" __global__ void bench_fill_normal(unsigned short* out, u64 count, u64 seed, int bf16) {
+  for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < count; i += (u64)gridDim.x * blockDim.x) {
+    const u64 a = splitmix(seed ^ (i * 2 + 1)), b = splitmix(a);
+    const float u1 = ((a >> 40) + 1) * (1.0f / 16777217.0f);   // (0, 1]
+    const float u2 = (b >> 40) * (1.0f / 16777216.0f);         // [0, 1)
+    const float z = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+    unsigned short h;
+    if (bf16) asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(z));
+    else asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(z));
+    out[i] = h;
+  }
+}
+)";
+
+struct FillKernel {
+  std::optional<jit::Module> module;
+  CUfunction function = nullptr;
+};
+
+}  // namespace
+
+jit::DriverResult<void> fill_normal_on_device(CUdeviceptr ptr, std::uint64_t count, jit::ElemType dtype,
+                                              std::uint64_t seed, const std::string& arch, const jit::Stream& stream) {
+  static std::mutex mutex;
+  static std::map<std::string, FillKernel> kernels;
+  std::lock_guard lock(mutex);
+  auto& k = kernels[arch];
+  if (!k.module) {
+    auto cubin = jit::compile_source_to_cubin(kFillSource, "bench_fill.cu", arch, "bench_fill_normal");
+    if (!cubin) {
+      jit::DriverError e;
+      e.call = "nvrtcCompileProgram";
+      e.result = CUDA_ERROR_INVALID_SOURCE;
+      e.result_name = "CUDA_ERROR_INVALID_SOURCE";
+      e.variant = "bench_fill_normal";
+      e.detail = cubin.error().message() + "\n" + cubin.error().log;
+      return std::unexpected(e);
+    }
+    auto module = jit::Module::load(cubin->image, "bench_fill_normal." + arch);
+    if (!module) return std::unexpected(module.error());
+    auto f = module->function("bench_fill_normal");
+    if (!f) return std::unexpected(f.error());
+    k.function = *f;
+    k.module.emplace(std::move(*module));
+  }
+  jit::Launch l;
+  l.entry = "bench_fill_normal";
+  l.grid[0] = 4096;
+  l.block[0] = 256;
+  // The fill kernel takes its own arguments, not SelectionParams.
+  struct Args {
+    CUdeviceptr out;
+    std::uint64_t count, seed;
+    int bf16;
+  } args{ptr, count, seed, dtype == jit::ElemType::bf16 ? 1 : 0};
+  return jit::launch_raw(k.function, l, {&args.out, &args.count, &args.seed, &args.bf16}, stream,
+                         "bench_fill_normal");
+}
+
+jit::DriverResult<double> measure_copy_bandwidth(std::size_t bytes, const jit::Stream& stream, int runs) {
+  auto src = jit::DeviceBuffer::allocate(bytes, "bandwidth source");
+  if (!src) return std::unexpected(src.error());
+  auto dst = jit::DeviceBuffer::allocate(bytes, "bandwidth destination");
+  if (!dst) return std::unexpected(dst.error());
+  if (auto r = src->fill_u32(0x3f800000u); !r) return std::unexpected(r.error());
+  std::vector<jit::Event> starts, ends;
+  for (int i = 0; i < runs; ++i) {
+    auto a = jit::Event::create();
+    auto b = jit::Event::create();
+    if (!a) return std::unexpected(a.error());
+    if (!b) return std::unexpected(b.error());
+    starts.push_back(std::move(*a));
+    ends.push_back(std::move(*b));
+  }
+  for (int w = 0; w < 3; ++w)
+    if (auto r = dst->copy_from(*src, bytes, stream); !r) return std::unexpected(r.error());
+  for (int i = 0; i < runs; ++i) {
+    if (auto r = starts[i].record(stream); !r) return std::unexpected(r.error());
+    if (auto r = dst->copy_from(*src, bytes, stream); !r) return std::unexpected(r.error());
+    if (auto r = ends[i].record(stream); !r) return std::unexpected(r.error());
+  }
+  if (auto r = stream.synchronize(); !r) return std::unexpected(r.error());
+  std::vector<double> seconds;
+  for (int i = 0; i < runs; ++i) {
+    auto ms = jit::Event::elapsed_ms(starts[i], ends[i]);
+    if (!ms) return std::unexpected(ms.error());
+    seconds.push_back(*ms * 1e-3);
+  }
+  const auto s = summarize(seconds);
+  return 2.0 * static_cast<double>(bytes) / s.median;
+}
+
+Summary summarize(std::vector<double>& samples) {
+  Summary s;
+  if (samples.empty()) return s;
+  std::sort(samples.begin(), samples.end());
+  auto at = [&](double q) {
+    const double pos = q * static_cast<double>(samples.size() - 1);
+    const auto lo = static_cast<std::size_t>(std::floor(pos));
+    const auto hi = std::min(lo + 1, samples.size() - 1);
+    return samples[lo] + (samples[hi] - samples[lo]) * (pos - static_cast<double>(lo));
+  };
+  s.median = at(0.5);
+  s.p10 = at(0.1);
+  s.p90 = at(0.9);
+  return s;
+}
+
+}  // namespace nsa::bench

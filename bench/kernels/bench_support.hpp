@@ -1,0 +1,68 @@
+#pragma once
+// Pieces of nsa-bench-kernels that are not the main loop: shape specs, the useful work of a
+// selection (bytes and flops), device-side random inputs, and the measured bandwidth ceiling.
+
+#include <cstdint>
+#include <expected>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "nsa/jit/driver.hpp"
+#include "nsa/jit/host_reference.hpp"
+#include "nsa/jit/kernel_variant.hpp"
+
+namespace nsa::bench {
+
+struct ShapeSpec {
+  std::string name;  // "decode", "prefill" or the spec text
+  jit::SelectionShape shape;
+  jit::ElemType dtype = jit::ElemType::bf16;
+  jit::FamilySpec family() const;
+  std::string describe() const;
+};
+
+/// The defaults: decode B=64, T_kv=32768, H_q=64, H_kv=4, D=128, block 64, n=16, bf16; and
+/// prefill B=2, T_q=T_kv=8192 with the same heads and family.
+ShapeSpec default_decode();
+ShapeSpec default_prefill();
+
+/// Parses "decode", "prefill", or comma-separated key=value pairs over a default decode shape:
+/// b, tq, tkv, hq, hkv, h, d (sets dqk and dv), dqk, dv, block, n, dtype (bf16|fp16).
+/// Example: "b=8,tq=1,tkv=65536,hq=64,hkv=4,d=128,dtype=fp16". H_q must be a multiple of H_kv.
+std::expected<ShapeSpec, std::string> parse_shape(const std::string& text);
+
+/// The work a perfect kernel must do, from the selection actually drawn:
+///   visible_keys = sum over rows (b, g, t) of the keys of its valid blocks that are < T_kv and
+///                  <= p(t) (a -1 slot or a block past p(t) counts nothing);
+///   kv_bytes     = visible_keys * (D_qk + D_v) * sizeof(elem): each selected block's K and V
+///                  bytes counted once per row group, i.e. once for the h heads of a (b, g, t)
+///                  row that share the selection (GQA), and again for every other row selecting it;
+///   flops        = 2 * h * visible_keys * (D_qk + D_v) (QK^T and PV), which for full selections
+///                  is 4 * B * T_q * H_q * n * block * D when D_qk = D_v = D.
+/// Prefill rows that share blocks make kv_bytes exceed what must cross HBM, so its bandwidth
+/// figure can pass the measured ceiling for designs that reuse tiles.
+struct UsefulWork {
+  std::int64_t visible_keys = 0;
+  double kv_bytes = 0;
+  double flops = 0;
+};
+UsefulWork useful_work(const jit::SelectionShape& shape, std::span<const std::int32_t> block_idx);
+
+/// Fills `count` dtype elements at `ptr` with standard normals from a counter-based generator
+/// (seeded; NVRTC-compiled once per process for `arch`).
+jit::DriverResult<void> fill_normal_on_device(CUdeviceptr ptr, std::uint64_t count, jit::ElemType dtype,
+                                              std::uint64_t seed, const std::string& arch, const jit::Stream& stream);
+
+/// Device-to-device copy bandwidth (bytes read + bytes written per second) of a copy of `bytes`:
+/// the practical HBM ceiling. Median of `runs` after warm-up.
+jit::DriverResult<double> measure_copy_bandwidth(std::size_t bytes, const jit::Stream& stream, int runs = 20);
+
+/// Median and the 10th/90th percentiles of `samples` (sorted in place).
+struct Summary {
+  double median = 0, p10 = 0, p90 = 0;
+};
+Summary summarize(std::vector<double>& samples);
+
+}  // namespace nsa::bench

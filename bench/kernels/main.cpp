@@ -1,0 +1,382 @@
+// nsa-bench-kernels: times every catalog variant and the packed-SDPA baseline on selection
+// shapes, with CUDA events, and prints a table (and optionally JSON). docs/kernels.md ("JIT
+// compilation and launch", "Benchmarking kernels") explains the columns.
+//
+// Method, per shape and selection pattern:
+//   1. inputs are generated on the device (fresh normals per copy); block_idx from the pattern;
+//   2. enough copies of all tensors are made that the data one run touches exceeds twice the L2
+//      (read off the device), and runs rotate through them, so no run finds its inputs in L2;
+//   3. every variant is first run once with poisoned outputs and compared with the device
+//      reference (rel_l2), then warmed up, then timed run by run with an event pair around each
+//      launch; the table shows the median and the 10-90 percentile spread;
+//   4. bandwidth is the useful K/V bytes (bench_support.hpp: useful_work) over the median time,
+//      also as a fraction of the measured device-to-device copy bandwidth (read + write).
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <sstream>
+
+#include "bench_support.hpp"
+#include "nsa/jit/catalog.hpp"
+#include "nsa/jit/compiler.hpp"
+#include "nsa/jit/device.hpp"
+#include "nsa/jit/runner.hpp"
+
+using namespace nsa;
+using nlohmann::json;
+
+namespace {
+
+struct Options {
+  std::vector<std::string> shapes;
+  std::string pattern = "both";
+  std::string designs;
+  bool defaults_only = false;
+  bool with_reference = false;
+  int runs = 50;
+  int warmup = 5;
+  int device = 0;
+  unsigned threads = 0;
+  std::uint64_t seed = 0;
+  std::string json_path;
+};
+
+struct Row {
+  std::string key, label;
+  jit::Design design = jit::Design::reference;
+  std::string status = "ok";  // ok, numerics_failed, compile_failed, launch_failed
+  std::string error;
+  double median_us = 0, p10_us = 0, p90_us = 0;
+  double gbps = 0, bw_fraction = 0, tflops = 0;
+  double rel_l2 = NAN;
+  std::int64_t nan_count = 0;
+  int registers = 0, spill_bytes = 0;
+};
+
+std::string label_of(const jit::KernelVariant& v) {
+  std::string knobs;
+  for (const auto& [k, value] : v.knobs) knobs += (knobs.empty() ? "" : "_") + k + std::to_string(value);
+  return std::string(to_string(v.design)) + (knobs.empty() ? "" : " " + knobs);
+}
+
+double o_bound(jit::ElemType t) { return t == jit::ElemType::bf16 ? 1.5e-2 : 4e-3; }
+
+[[noreturn]] void die(const std::string& message, int code = 1) {
+  std::fprintf(stderr, "nsa-bench-kernels: %s\n", message.c_str());
+  std::exit(code);
+}
+
+std::vector<jit::Design> parse_designs(const std::string& text, bool with_reference) {
+  std::vector<jit::Design> out;
+  if (text.empty()) {
+    for (auto d : jit::all_designs())
+      if (d != jit::Design::reference || with_reference) out.push_back(d);
+    return out;
+  }
+  std::stringstream in(text);
+  std::string name;
+  while (std::getline(in, name, ',')) {
+    bool found = false;
+    for (auto d : jit::all_designs())
+      if (to_string(d) == name) out.push_back(d), found = true;
+    if (!found) {
+      std::string known;
+      for (auto d : jit::all_designs()) known += " " + std::string(to_string(d));
+      die("unknown design '" + name + "' (designs:" + known + ")", 2);
+    }
+  }
+  return out;
+}
+
+void print_table(const bench::ShapeSpec& spec, jit::SelectionPattern pattern, const bench::UsefulWork& work,
+                 int copies, double copy_gbps, std::vector<Row> rows) {
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+    if ((a.status == "ok") != (b.status == "ok")) return a.status == "ok";
+    return a.median_us < b.median_us;
+  });
+  double baseline_us = 0;
+  for (const auto& r : rows)
+    if (r.design == jit::Design::sdpa_packed && r.status == "ok" && (baseline_us == 0 || r.median_us < baseline_us))
+      baseline_us = r.median_us;
+  std::printf("\n%s, pattern %s: %.1f MB useful K/V, %.2f GFLOP, %d input cop%s rotated, copy ceiling %.0f GB/s\n",
+              spec.describe().c_str(), std::string(to_string(pattern)).c_str(), work.kv_bytes / 1e6, work.flops / 1e9,
+              copies, copies == 1 ? "y" : "ies", copy_gbps);
+  std::printf("%-44s %10s %9s %9s %6s %8s %9s %8s %5s %s\n", "variant", "median us", "spread", "GB/s", "of BW",
+              "TFLOP/s", "rel_l2", "vs sdpa", "regs", "status");
+  for (const auto& r : rows) {
+    if (r.status == "compile_failed" || r.status == "launch_failed") {
+      std::printf("%-44s %10s %9s %9s %6s %8s %9s %8s %5s %s: %s\n", r.label.c_str(), "-", "-", "-", "-", "-", "-", "-",
+                  "-", r.status.c_str(), r.error.c_str());
+      continue;
+    }
+    char vs[16] = "-";
+    if (baseline_us > 0) std::snprintf(vs, sizeof vs, "%.2fx", baseline_us / r.median_us);
+    std::printf("%-44s %10.1f %9.1f %9.0f %5.0f%% %8.1f %9.2e %8s %5d %s%s\n", r.label.c_str(), r.median_us,
+                r.p90_us - r.p10_us, r.gbps, 100 * r.bw_fraction, r.tflops, r.rel_l2, vs, r.registers, r.status.c_str(),
+                r.design == jit::Design::sdpa_packed ? " (baseline)" : "");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  CLI::App app{"Times every selection-attention kernel variant and the packed-SDPA baseline on the local GPU."};
+  app.add_option("--shape", opt.shapes,
+                 "'decode', 'prefill', or key=value list: b,tq,tkv,hq,hkv,h,d,dqk,dv,block,n,dtype (repeatable; "
+                 "default: decode and prefill)");
+  app.add_option("--pattern", opt.pattern, "random, clustered or both")->check(CLI::IsMember({"random", "clustered", "both"}));
+  app.add_option("--designs", opt.designs, "comma-separated designs to time (default: the baseline and every sparse design)");
+  app.add_flag("--defaults-only", opt.defaults_only, "time only each design's default knobs");
+  app.add_flag("--with-reference", opt.with_reference, "time the fp32 reference design too");
+  app.add_option("--runs", opt.runs, "timed runs per variant")->check(CLI::Range(3, 100000));
+  app.add_option("--warmup", opt.warmup, "untimed runs before timing")->check(CLI::Range(0, 10000));
+  app.add_option("--device", opt.device, "device ordinal")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", opt.threads, "compile threads (0: all cores)");
+  app.add_option("--seed", opt.seed, "input seed (0: from the clock)");
+  app.add_option("--json", opt.json_path, "also write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+
+  if (opt.shapes.empty()) opt.shapes = {"decode", "prefill"};
+  std::vector<bench::ShapeSpec> specs;
+  for (const auto& text : opt.shapes) {
+    auto spec = bench::parse_shape(text);
+    if (!spec) die("--shape " + text + ": " + spec.error(), 2);
+    specs.push_back(*spec);
+  }
+  std::vector<jit::SelectionPattern> patterns;
+  if (opt.pattern != "clustered") patterns.push_back(jit::SelectionPattern::random);
+  if (opt.pattern != "random") patterns.push_back(jit::SelectionPattern::clustered);
+  const auto designs = parse_designs(opt.designs, opt.with_reference);
+  if (opt.seed == 0) opt.seed = static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+
+  auto probe = jit::probe_devices();
+  if (!probe.available()) die("no GPU to benchmark: " + probe.problem, 3);
+  if (opt.device >= static_cast<int>(probe.devices.size()))
+    die("--device " + std::to_string(opt.device) + ": this host has " + std::to_string(probe.devices.size()) + " GPU(s)", 2);
+  const auto& dev = probe.devices[static_cast<std::size_t>(opt.device)];
+  auto ctx = jit::Context::retain_primary(opt.device);
+  if (!ctx) die(ctx.error().message(), 3);
+  auto stream = jit::Stream::create();
+  if (!stream) die(stream.error().message(), 3);
+
+  auto mem = ctx->memory_info();
+  if (!mem) die(mem.error().message(), 3);
+  const std::size_t copy_bytes = std::min<std::size_t>(std::size_t{1} << 30, mem->first / 4) & ~std::size_t{255};
+  auto bw = bench::measure_copy_bandwidth(copy_bytes, *stream);
+  if (!bw) die("measuring bandwidth: " + bw.error().message(), 3);
+  const double copy_gbps = *bw / 1e9;
+  std::printf("%s (%s, %d SMs, %.0f MB L2, %.1f GB), driver %d, NVRTC %s, seed %llu\n", dev.name.c_str(),
+              dev.arch.c_str(), dev.sm_count, dev.l2_bytes / 1e6, dev.memory_bytes / 1e9, probe.driver_version,
+              jit::nvrtc_version().c_str(), static_cast<unsigned long long>(opt.seed));
+  std::printf("measured ceiling: device-to-device copy of %.0f MB at %.0f GB/s (read + write)\n", copy_bytes / 1e6,
+              copy_gbps);
+
+  json out = {{"device",
+               {{"name", dev.name},
+                {"arch", dev.arch},
+                {"sm_count", dev.sm_count},
+                {"l2_bytes", dev.l2_bytes},
+                {"memory_bytes", dev.memory_bytes},
+                {"driver_version", probe.driver_version},
+                {"nvrtc_version", jit::nvrtc_version()}}},
+              {"ceilings", {{"copy_gbps", copy_gbps}, {"copy_bytes", copy_bytes}}},
+              {"seed", opt.seed},
+              {"runs", opt.runs},
+              {"warmup", opt.warmup},
+              {"results", json::array()}};
+  auto write_json = [&] {
+    if (opt.json_path.empty()) return;
+    std::ofstream f(opt.json_path);
+    f << out.dump(2) << "\n";
+    if (!f) std::fprintf(stderr, "nsa-bench-kernels: could not write %s\n", opt.json_path.c_str());
+  };
+
+  jit::MemoryCubinCache cache;
+  jit::CompilePool pool(opt.threads, &cache);
+
+  for (const auto& spec : specs) {
+    const auto family = spec.family();
+    if (auto why = jit::unsupported_reason(family)) die(spec.describe() + ": " + *why, 2);
+    std::vector<jit::KernelVariant> variants;
+    for (auto d : designs) {
+      auto offered = jit::variants_for(family, dev.arch, d);
+      if (offered.empty()) continue;
+      if (opt.defaults_only) offered.resize(1);
+      variants.insert(variants.end(), offered.begin(), offered.end());
+    }
+    const auto reference_variant = jit::default_variant(jit::Design::reference, family, dev.arch);
+    auto to_compile = variants;
+    to_compile.push_back(reference_variant);
+    const auto outcomes = pool.compile_all(to_compile, [&](const jit::CompileProgress& p) {
+      std::fprintf(stderr, "\rcompiling %s: %zu/%zu (%zu failed)", family.key().c_str(), p.done, p.total, p.failed);
+      if (p.done == p.total) std::fprintf(stderr, "\n");
+    });
+    const auto& reference_outcome = outcomes.back();
+
+    for (auto pattern : patterns) {
+      std::mt19937_64 rng(opt.seed ^ std::hash<std::string>{}(spec.name + std::string(to_string(pattern))));
+      const auto& s = spec.shape;
+      const auto idx = jit::make_block_idx(s, pattern, rng);
+      const auto work = bench::useful_work(s, idx);
+      const double touched = work.kv_bytes + 2.0 * (s.q_elems() + s.o_elems()) + 4.0 * (s.idx_elems() + s.lse_elems());
+      const double all_bytes = 2.0 * (s.q_elems() + s.k_elems() + s.v_elems() + s.o_elems()) +
+                               4.0 * (s.idx_elems() + s.lse_elems());
+      auto free_now = ctx->memory_info();
+      if (!free_now) die(free_now.error().message(), 3);
+      const int fit = static_cast<int>(0.7 * static_cast<double>(free_now->first) / all_bytes);
+      if (fit < 1) die(spec.describe() + " needs " + std::to_string(all_bytes / 1e9) + " GB per copy; the GPU has " +
+                       std::to_string(free_now->first / 1e9) + " GB free", 3);
+      const int copies = std::clamp(static_cast<int>(std::ceil(2.0 * static_cast<double>(dev.l2_bytes) / touched)), 1, fit);
+
+      std::vector<jit::DeviceProblem> problems;
+      for (int c = 0; c < copies; ++c) {
+        auto p = jit::DeviceProblem::allocate(s, spec.dtype);
+        if (!p) die(p.error().message(), 3);
+        std::uint64_t seed = opt.seed + 1000003ull * static_cast<std::uint64_t>(c);
+        for (auto* buf : {&p->q(), &p->k(), &p->v()})
+          if (auto r = bench::fill_normal_on_device(buf->ptr(), buf->size() / 2, spec.dtype, seed++, dev.arch, *stream); !r)
+            die("generating inputs: " + r.error().message(), 3);
+        if (auto r = p->block_idx().upload(idx.data(), idx.size() * 4); !r) die(r.error().message(), 3);
+        problems.push_back(std::move(*p));
+      }
+      if (auto r = stream->synchronize(); !r) die(r.error().message(), 3);
+
+      std::optional<jit::LoadedVariant::Result> reference;
+      std::string reference_problem;
+      if (!reference_outcome.result) {
+        reference_problem = reference_outcome.result.error().message();
+      } else if (auto lv = jit::LoadedVariant::load(reference_variant, *reference_outcome.result, {s.batch, s.t_q, s.t_kv, s.h_kv}); !lv) {
+        reference_problem = lv.error().message();
+      } else if (auto r = lv->run_checked(problems[0], *stream); !r) {
+        if (r.error().sticky) die(r.error().message(), 4);
+        reference_problem = r.error().message();
+      } else {
+        reference = std::move(*r);
+      }
+      if (!reference) std::fprintf(stderr, "no reference (rel_l2 not reported): %s\n", reference_problem.c_str());
+      std::vector<double> ref_o;
+      if (reference) ref_o.assign(reference->o.begin(), reference->o.end());
+
+      std::vector<Row> rows;
+      for (std::size_t vi = 0; vi < variants.size(); ++vi) {
+        const auto& v = variants[vi];
+        const auto& compiled = outcomes[vi];
+        Row row;
+        row.key = v.key();
+        row.label = label_of(v);
+        row.design = v.design;
+        if (!compiled.result) {
+          row.status = "compile_failed";
+          row.error = compiled.result.error().message();
+          rows.push_back(row);
+          continue;
+        }
+        row.registers = compiled.result->registers;
+        row.spill_bytes = compiled.result->spill_bytes;
+        auto lv = jit::LoadedVariant::load(v, *compiled.result, {s.batch, s.t_q, s.t_kv, s.h_kv});
+        if (!lv) {
+          row.status = "launch_failed";
+          row.error = lv.error().message();
+          rows.push_back(row);
+          continue;
+        }
+        auto checked = lv->run_checked(problems[0], *stream);
+        if (!checked) {
+          if (checked.error().sticky) {
+            out["results"].push_back({{"shape", spec.describe()}, {"fatal", checked.error().message()}});
+            write_json();
+            die(checked.error().message(), 4);
+          }
+          row.status = "launch_failed";
+          row.error = checked.error().message();
+          rows.push_back(row);
+          continue;
+        }
+        if (reference) {
+          const auto st = jit::compare(checked->o, ref_o);
+          row.rel_l2 = st.rel_l2;
+          row.nan_count = st.nan_count;
+          if (st.nan_count > 0 || st.rel_l2 > o_bound(spec.dtype)) row.status = "numerics_failed";
+        }
+
+        std::vector<jit::Event> starts, ends;
+        for (int i = 0; i < opt.runs; ++i) {
+          auto a = jit::Event::create();
+          auto b = jit::Event::create();
+          if (!a || !b) die("cuEventCreate failed", 3);
+          starts.push_back(std::move(*a));
+          ends.push_back(std::move(*b));
+        }
+        std::vector<SelectionParams> params;
+        for (const auto& p : problems) params.push_back(p.params(0));
+        bool failed = false;
+        for (int w = 0; w < opt.warmup && !failed; ++w)
+          failed = !lv->launch(params[static_cast<std::size_t>(w % copies)], *stream);
+        for (int i = 0; i < opt.runs && !failed; ++i) {
+          const auto& p = params[static_cast<std::size_t>((opt.warmup + i) % copies)];
+          failed = !starts[i].record(*stream) || !lv->launch(p, *stream) || !ends[i].record(*stream);
+        }
+        auto synced = stream->synchronize();
+        if (failed || !synced) {
+          if (!synced && synced.error().sticky) die(synced.error().message(), 4);
+          row.status = "launch_failed";
+          row.error = synced ? "a timed launch failed" : synced.error().message();
+          rows.push_back(row);
+          continue;
+        }
+        std::vector<double> us;
+        for (int i = 0; i < opt.runs; ++i) us.push_back(1e3 * jit::Event::elapsed_ms(starts[i], ends[i]).value_or(NAN));
+        const auto sum = bench::summarize(us);
+        row.median_us = sum.median;
+        row.p10_us = sum.p10;
+        row.p90_us = sum.p90;
+        row.gbps = work.kv_bytes / (sum.median * 1e-6) / 1e9;
+        row.bw_fraction = row.gbps / copy_gbps;
+        row.tflops = work.flops / (sum.median * 1e-6) / 1e12;
+        rows.push_back(row);
+      }
+
+      print_table(spec, pattern, work, copies, copy_gbps, rows);
+      json jrows = json::array();
+      for (const auto& r : rows)
+        jrows.push_back({{"variant", r.key},
+                         {"design", to_string(r.design)},
+                         {"status", r.status},
+                         {"error", r.error},
+                         {"median_us", r.median_us},
+                         {"p10_us", r.p10_us},
+                         {"p90_us", r.p90_us},
+                         {"gbps", r.gbps},
+                         {"bw_fraction", r.bw_fraction},
+                         {"tflops", r.tflops},
+                         {"rel_l2", std::isnan(r.rel_l2) ? json(nullptr) : json(r.rel_l2)},
+                         {"nan_count", r.nan_count},
+                         {"registers", r.registers},
+                         {"spill_bytes", r.spill_bytes}});
+      out["results"].push_back({{"shape", spec.describe()},
+                                {"family", family.key()},
+                                {"batch", s.batch},
+                                {"t_q", s.t_q},
+                                {"t_kv", s.t_kv},
+                                {"h_kv", s.h_kv},
+                                {"pattern", to_string(pattern)},
+                                {"useful_kv_bytes", work.kv_bytes},
+                                {"useful_flops", work.flops},
+                                {"visible_keys", work.visible_keys},
+                                {"copies", copies},
+                                {"reference", reference ? "device reference" : reference_problem},
+                                {"variants", jrows}});
+      write_json();
+    }
+  }
+  return 0;
+}
