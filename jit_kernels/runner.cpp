@@ -2,6 +2,7 @@
 
 #include "nsa/jit/runner.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -45,8 +46,22 @@ std::expected<ReferenceOutput, std::string> HostProblem::reference(Accumulate ac
 }
 
 double HostProblem::reference_cost() const {
-  return static_cast<double>(shape.batch) * static_cast<double>(shape.t_q) * static_cast<double>(shape.h_q()) *
-         shape.n * shape.block * (shape.d_qk + shape.d_v);
+  // Multiply-adds of the reference: every visible key of every row, for h heads, over D_qk + D_v.
+  const SelectionShape& s = shape;
+  if (static_cast<std::int64_t>(block_idx.size()) != s.idx_elems()) return 0;
+  double keys = 0;
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    for (std::int64_t g = 0; g < s.h_kv; ++g)
+      for (std::int64_t t = 0; t < s.t_q; ++t) {
+        const std::int32_t* row = block_idx.data() + ((b * s.h_kv + g) * s.t_q + t) * s.n;
+        for (int slot = 0; slot < s.n; ++slot) {
+          if (row[slot] < 0) continue;
+          const std::int64_t first = std::int64_t{row[slot]} * s.block;
+          const std::int64_t end = std::min<std::int64_t>({first + s.block, s.t_kv, s.position(t) + 1});
+          if (end > first) keys += static_cast<double>(end - first);
+        }
+      }
+  return keys * s.h * (s.d_qk + s.d_v);
 }
 
 DriverResult<DeviceProblem> DeviceProblem::allocate(const SelectionShape& shape, ElemType dtype) {

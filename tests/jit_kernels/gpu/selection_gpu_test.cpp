@@ -4,7 +4,7 @@
 // Each case draws fresh standard-normal inputs (the seed comes from the clock and is printed;
 // NSA_TEST_SEED=<n> replays a run), poisons O, LSE and the workspace with NaN, runs a variant,
 // and compares with a reference on the same inputs:
-//   - the host fp64 reference when it is cheap (up to ~4e8 multiply-adds), else
+//   - the host fp64 reference when it is cheap (up to 2e9 multiply-adds), else
 //   - the device `reference` design (fp32), itself checked against the host on every small case.
 // Pass: rel_l2(O) <= 1.5e-2 (bf16) or 4e-3 (fp16), no NaN anywhere, rows without a visible key
 // exactly 0 with LSE = -inf, LSE within 1e-2 elsewhere; and the same O when LSE is not requested.
@@ -102,7 +102,7 @@ Gpu& gpu() {
 
 double o_bound(ElemType t) { return t == ElemType::bf16 ? 1.5e-2 : 4e-3; }
 constexpr double kLseBound = 1e-2;
-constexpr double kHostReferenceBudget = 4e8;  // multiply-adds
+constexpr double kHostReferenceBudget = 2e9;  // multiply-adds: about two seconds of host time
 
 /// A per-case random engine: the run's seed mixed with the case's name, so cases are
 /// independent of the order they run in.

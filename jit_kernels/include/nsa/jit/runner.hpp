@@ -33,7 +33,8 @@ struct HostProblem {
                             std::mt19937_64& rng, const PatternOptions& options = {});
   /// The host reference on these inputs (fp64 by default).
   std::expected<ReferenceOutput, std::string> reference(Accumulate accumulate = Accumulate::fp64) const;
-  /// Multiply-adds the host reference needs, to decide between host and device references.
+  /// Multiply-adds the host reference needs (visible keys x h x (D_qk + D_v)), to decide between
+  /// the host and the device reference.
   double reference_cost() const;
 };
 
