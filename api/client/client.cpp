@@ -82,8 +82,8 @@ struct MemoKeyHash {
 
 /// A memoized answer, compactly (the C struct is ~5 KB, mostly empty buffers).
 struct Cached {
-  nsa_tune_backend backend;
-  nsa_tune_provenance provenance;
+  std::int32_t backend;
+  std::int32_t provenance;
   double speedup;
   std::int64_t run_id, epoch;
   std::string variant, arch, reason, launch_json;
@@ -114,7 +114,7 @@ void fill(nsa_tune_answer& a, const Cached& c) {
   copy_str(a.launch_json, sizeof a.launch_json, c.launch_json);
 }
 
-void fill_sdpa(nsa_tune_answer& a, nsa_tune_provenance why, std::string_view reason) {
+void fill_sdpa(nsa_tune_answer& a, std::int32_t why, std::string_view reason) {
   a.backend = NSA_TUNE_BACKEND_SDPA;
   a.provenance = why;
   a.speedup = 0;
@@ -168,7 +168,7 @@ std::optional<Error> to_problem(const nsa_tune_problem& c, const MemoKey& k, Pro
   else p.device = k.device;
   if (c.dtype == NSA_TUNE_DTYPE_BF16) p.dtype = DType::bf16;
   else if (c.dtype == NSA_TUNE_DTYPE_FP16) p.dtype = DType::fp16;
-  else return Error{"bad_shape", "dtype " + std::to_string(int(c.dtype)) + " is not NSA_TUNE_DTYPE_BF16 or _FP16"};
+  else return Error{"bad_shape", "dtype " + std::to_string(c.dtype) + " is not NSA_TUNE_DTYPE_BF16 (0) or NSA_TUNE_DTYPE_FP16 (1)"};
   p.d_qk = c.d_qk, p.d_v = c.d_v, p.h = c.h, p.h_kv = c.h_kv, p.block = c.block, p.n = c.n;
   p.t_q = c.t_q, p.t_kv = c.t_kv, p.batch = c.batch;
   if (auto e = validate(p)) return e;
@@ -176,7 +176,7 @@ std::optional<Error> to_problem(const nsa_tune_problem& c, const MemoKey& k, Pro
   return std::nullopt;
 }
 
-std::optional<nsa_tune_provenance> c_provenance(Provenance p) {
+std::optional<std::int32_t> c_provenance(Provenance p) {
   switch (p) {
     case Provenance::pinned: return NSA_TUNE_PROVENANCE_PINNED;
     case Provenance::measured: return NSA_TUNE_PROVENANCE_MEASURED;

@@ -148,11 +148,10 @@ TEST_F(Client, SilentPeerFallsBackWithinBudgetAndCloseIsPrompt) {
 
 TEST_F(Client, PeerAnsweringVersionMismatchGivesFallbackNamingTheVersion) {
   TestPeer peer(socket, {.mode = TestPeer::Mode::version_mismatch});
-  nsa_tune_client* c = open();
+  nsa_tune_client* c = open(200'000);  // generous: the point is the reason, not the timing
   nsa_tune_answer a;
   int rc = 0;
-  auto took = timed_dispatch(c, problem(32768), a, rc);
-  EXPECT_LT(took, std::chrono::microseconds(kBudgetUs) + kSlack);
+  timed_dispatch(c, problem(32768), a, rc);
   expect_fallback(a, rc, "speaks protocol 2, this client speaks protocol 1");
   EXPECT_NE(std::strstr(a.reason, "9.0.0"), nullptr) << a.reason;
   EXPECT_EQ(peer.requests("dispatch"), 0) << "the daemon closed after hello; the dispatch was never read";
@@ -160,7 +159,7 @@ TEST_F(Client, PeerAnsweringVersionMismatchGivesFallbackNamingTheVersion) {
 
 TEST_F(Client, PeerHelloWithProtocol2GivesFallbackNamingTheVersion) {
   TestPeer peer(socket, {.mode = TestPeer::Mode::protocol2_ok});
-  nsa_tune_client* c = open();
+  nsa_tune_client* c = open(200'000);
   nsa_tune_answer a;
   int rc = 0;
   timed_dispatch(c, problem(32768), a, rc);
@@ -279,7 +278,8 @@ TEST_F(Client, SlowPeerFallsBackWithinBudgetAndTheLateReplyIsNeverMisread) {
   int rc = 0;
   auto took = timed_dispatch(c, sparse, a, rc);
   EXPECT_LT(took, std::chrono::microseconds(kBudgetUs) + kSlack);
-  expect_fallback(a, rc, "no reply within the budget");
+  // "no reply" or, when a loaded machine delays even the hello, "no hello reply".
+  expect_fallback(a, rc, "reply within the budget (2000 us)");
   // Now the daemon is fast again, and its late sparse answer is on its way to the old connection.
   peer.set_dispatch_delay(0ms);
   std::this_thread::sleep_for(60ms);
@@ -316,7 +316,7 @@ TEST_F(Client, InvalidProblemIsRejectedLocallyWithoutARequest) {
   EXPECT_NE(std::strstr(a.reason, "NUL-terminated"), nullptr) << a.reason;
 
   p = problem(32768);
-  p.dtype = static_cast<nsa_tune_dtype>(7);
+  p.dtype = 7;
   EXPECT_EQ(nsa_tune_dispatch(c, &p, &a), NSA_TUNE_INVALID_PROBLEM);
   EXPECT_NE(std::strstr(a.reason, "dtype 7"), nullptr) << a.reason;
 

@@ -84,7 +84,7 @@ typedef struct nsa_tune_problem {
   int32_t device;                            /* device ordinal on the daemon's host */
   char device_uuid[NSA_TUNE_UUID_BYTES];     /* "GPU-8f1c...", or "" */
   char arch[NSA_TUNE_ARCH_BYTES];            /* "sm_89", "sm_90a", or "" */
-  nsa_tune_dtype dtype;
+  int32_t dtype;  /* an nsa_tune_dtype (fixed-size fields keep the struct layout the same in C and C++) */
   int32_t d_qk;   /* query/key head dim: multiple of 8 in [8, 256] */
   int32_t d_v;    /* value head dim: multiple of 8 in [8, 256] */
   int32_t h;      /* query heads per KV group, [1, 64] */
@@ -99,8 +99,8 @@ typedef struct nsa_tune_problem {
 /* The answer to one problem (docs/protocol.md, "Answers"). Fields that do not apply are zero or
  * empty strings. */
 typedef struct nsa_tune_answer {
-  nsa_tune_backend backend;
-  nsa_tune_provenance provenance;
+  int32_t backend;     /* an nsa_tune_backend */
+  int32_t provenance;  /* an nsa_tune_provenance */
   double speedup;                          /* MEASURED: baseline time / best sparse time; else 0 */
   int64_t run_id;                          /* MEASURED: the tuning run; else 0 */
   int64_t epoch;                           /* the daemon epoch of the answer; -1 for a fallback */
