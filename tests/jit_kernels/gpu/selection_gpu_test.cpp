@@ -41,7 +41,11 @@ int sticky_child_main();
 
 // Child mode (see IllegalAddressIsReportedAsSticky): answer and exit before GoogleTest starts.
 const bool kChildHook = [] {
-  if (std::getenv("NSA_GPU_STICKY_CHILD")) std::_Exit(sticky_child_main());
+  if (std::getenv("NSA_GPU_STICKY_CHILD")) {
+    const int rc = sticky_child_main();
+    std::fflush(stdout);  // _Exit skips stdio flushing, and stdout is a pipe here
+    std::_Exit(rc);
+  }
   return true;
 }();
 
