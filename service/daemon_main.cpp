@@ -48,7 +48,16 @@ int run(int argc, char** argv) {
     if (!e.text.empty() && e.text.back() != '\n') std::fputc('\n', e.code == 0 ? stdout : stderr);
     return e.code;
   }
-  const Config config = std::move(*loaded);
+  Config config = std::move(*loaded);
+  // Absolute from here on: the log, status and the unlink at exit all mean the same file
+  // whatever the working directory.
+  {
+    std::error_code ec;
+    auto abs_state = std::filesystem::absolute(config.state_dir, ec);
+    if (!ec) config.state_dir = abs_state.lexically_normal();
+    auto abs_socket = std::filesystem::absolute(config.socket, ec);
+    if (!ec && abs_socket.string().size() <= 107) config.socket = abs_socket.lexically_normal();
+  }
   log::set_level(config.log_level);
   NSA_INFO("nsa-tuned %s (pid %d) starting: state dir %s (%s), socket %s (%s), tuning %s", kVersion,
            static_cast<int>(::getpid()), config.state_dir.c_str(), config.sources.at("state_dir").c_str(),
@@ -118,7 +127,7 @@ int run(int argc, char** argv) {
   HostInfo host = host_info_from(probe, nsa::jit::nvrtc_version(), nsa::jit::kernel_source_hash(),
                                  static_cast<std::int64_t>(std::time(nullptr)));
   if (!host.driver_problem.empty()) {
-    NSA_WARN("no usable GPU (%s): serving anyway; every device query is answered sdpa/no_device",
+    NSA_WARN("no usable GPU: %s; serving anyway (device queries are answered sdpa/no_device)",
              host.driver_problem.c_str());
   } else {
     for (const auto& d : host.devices)

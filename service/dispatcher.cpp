@@ -226,9 +226,8 @@ Decision decide(const Snapshot& s, const api::Problem& problem) {
       const std::string what = ordinal ? "ordinal " + std::to_string(*ordinal)
                                               : "UUID " + problem.device_uuid;
       if (s.devices.empty()) {
-        return {no_device("no usable GPU on this host (" +
-                          (s.driver_problem.empty() ? std::string("no devices") : s.driver_problem) +
-                          "); running SDPA"),
+        return {no_device("no usable GPU on this host: " +
+                          (s.driver_problem.empty() ? std::string("the driver reports no devices") : s.driver_problem)),
                 std::nullopt};
       }
       return {no_device("this host has no GPU with " + what + " (it has " +

@@ -11,7 +11,8 @@
 //
 // Paths resolve like the daemon's (flags > NSA_TUNE_SOCKET / NSA_TUNE_STATE_DIR > the config
 // file from --config or NSA_TUNE_CONFIG > defaults), so `nsa-tunectl` with no flags talks to
-// the daemon that the same environment would start. `report`, `status` and `pins` read the
+// the daemon that the same environment would start; with only a state dir given, a socket
+// named nsa-tuned.sock inside it is used. `report`, `status` and `pins` read the
 // store directly (read-only; WAL lets them while a daemon writes) when no daemon answers, and
 // say so on stderr.
 //
@@ -485,6 +486,12 @@ int main(int argc, char** argv) {
     return exit_code::usage;
   }
   Paths paths{merged->socket, merged->state_dir, std::chrono::milliseconds(timeout_ms)};
+  // Only a state dir given: the socket `./setup.sh run` puts inside it, when it is there.
+  if (merged->sources["socket"] == "default" && merged->sources["state_dir"] != "default") {
+    std::error_code ec;
+    const auto inside = merged->state_dir / "nsa-tuned.sock";
+    if (std::filesystem::is_socket(inside, ec)) paths.socket = inside;
+  }
 
   try {
     if (*report) return cmd_report(paths, format);

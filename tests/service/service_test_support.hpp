@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -157,14 +158,14 @@ class Child {
 };
 
 /// What a finished process said.
-struct Run {
+struct ProcessResult {
   int code = -1;
   std::string out;  // stdout
   std::string err;  // stderr
 };
 
 /// Runs `argv` to completion (at most `limit`) with stdout and stderr captured separately.
-inline Run run_process(const std::vector<std::string>& argv,
+inline ProcessResult run_process(const std::vector<std::string>& argv,
                        const std::vector<std::pair<std::string, std::string>>& env = {},
                        std::chrono::milliseconds limit = 20s, const std::function<void()>& before_exec = {}) {
   static int counter = 0;
@@ -184,7 +185,7 @@ inline Run run_process(const std::vector<std::string>& argv,
     ::execv(args[0], args.data());
     ::_exit(127);
   }
-  Run r;
+  ProcessResult r;
   auto code = wait_exit(pid, limit);
   if (!code) {
     ::kill(pid, SIGKILL);
@@ -211,10 +212,17 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
+  /// The command line; a flag given in `extra` replaces the fixture's default for it.
   std::vector<std::string> argv() const {
     std::vector<std::string> a{daemon_binary().string(), "--state-dir", m_state_dir.string(), "--socket",
-                               m_socket.string(),        "--no-tune",   "--frame-timeout-ms", "1000",
-                               "--demand-flush-ms",      "100",         "--log-level",        "debug"};
+                               m_socket.string(), "--no-tune"};
+    const std::pair<const char*, const char*> defaults[] = {
+        {"--frame-timeout-ms", "1000"}, {"--demand-flush-ms", "100"}, {"--log-level", "debug"}};
+    for (const auto& [flag, value] : defaults) {
+      if (std::find(m_extra.begin(), m_extra.end(), flag) != m_extra.end()) continue;
+      a.push_back(flag);
+      a.push_back(value);
+    }
     a.insert(a.end(), m_extra.begin(), m_extra.end());
     return a;
   }
