@@ -26,9 +26,10 @@ struct Knob {
 
 const std::vector<Knob>& knobs_of(Design d) {
   static const std::vector<Knob> none;
-  static const std::vector<Knob> dense = {{"warps", {4, 8, 2}}, {"tile", {64, 128, 32}}, {"stages", {3, 2, 4}}};
+  static const std::vector<Knob> dense = {{"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {3, 2, 4}}};
+  // Two warps with 32-key tiles give split_kv the most CTAs per row when h <= 16.
   static const std::vector<Knob> split = {
-      {"split", {8, 16, 4, 32, 2}}, {"warps", {4, 2, 8}}, {"tile", {64, 32}}, {"stages", {2, 3}}};
+      {"split", {8, 16, 4, 32}}, {"warps", {4, 2}}, {"tile", {64, 32}}, {"stages", {2, 3}}};
   static const std::vector<Knob> prefill = {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
   switch (d) {
@@ -58,15 +59,17 @@ int engine_rows(const KernelVariant& v) {
   return v.design == Design::prefill_shared ? knob_value(v, "qtile") * v.spec.h : v.spec.h;
 }
 
-/// A rough register count of the engine per thread: O and S accumulators, Q fragments when they
-/// stay in registers (attention_core.cuh's Q_IN_REGS rule), and ~48 for addresses and softmax
-/// state. Settings above 255 would spill, so the catalog does not offer them.
+/// A rough register count of the engine per thread: per 16-row tile the O and S accumulators
+/// and the A fragments in flight, the Q fragments when they stay in registers (the Q_IN_REGS
+/// rule of attention_core.cuh), and ~64 for addresses and softmax state. Calibrated on ptxas
+/// for sm_90 (D 128, h 16): estimates up to 232 compiled without spills, above 240 spilled.
 int estimated_registers(const FamilySpec& s, int mt, int warps, int tile) {
   const int mtw = mt / L::warps_m(mt, warps);
   const int tkw = tile / L::warps_n(mt, warps);
   const bool q_in_regs = mtw * s.d_qk <= 128 || (mtw == 1 && s.d_qk <= 192);
-  return mtw * (s.d_v / 2 + tkw / 2) + (q_in_regs ? mtw * s.d_qk / 4 : 0) + 48;
+  return mtw * (s.d_v / 2 + tkw / 2 + 8) + (q_in_regs ? mtw * s.d_qk / 4 : 0) + 64;
 }
+constexpr int kRegisterBudget = 232;
 
 /// Dynamic shared memory of the engine launch of `v` (0 for designs without one).
 std::int64_t engine_smem(const KernelVariant& v) {
@@ -111,8 +114,9 @@ std::string setting_problem(const KernelVariant& v) {
   if (!L::core_valid(mt, warps, tile))
     return "warps=" + std::to_string(warps) + " and tile=" + std::to_string(tile) + " give a warp fewer than 16 key "
            "columns or more than two 16-row MMA tiles for " + std::to_string(rows) + " rows";
-  if (estimated_registers(v.spec, mt, warps, tile) > 255)
-    return "the accumulators of this setting need more than 255 registers per thread (it would spill)";
+  if (estimated_registers(v.spec, mt, warps, tile) > kRegisterBudget)
+    return "the accumulators of this setting need about " + std::to_string(estimated_registers(v.spec, mt, warps, tile)) +
+           " registers per thread; more than " + std::to_string(kRegisterBudget) + " spill";
   const std::int64_t smem = engine_smem(v);
   if (smem > max_dynamic_shared_bytes(v.arch))
     return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +

@@ -5,28 +5,30 @@
 //
 // Designs and their knobs (docs/kernels.md, "Kernel designs", explains the algorithms):
 //
-//   design          knob    values            meaning
+//   design          knob    values (preferred first)   meaning
 //   reference       -       -                 fp32, one CTA per (b, t, query head); 128 threads
-//   sdpa_packed     warps   4, 8              warps of the dense attention kernel
-//                   tile    32, 64, 128       packed keys per pipeline stage
-//                   stages  2, 3, 4           cp.async pipeline depth
+//   sdpa_packed     warps   4, 8              warps of the dense attention kernel (the gather
+//                                               kernel always has 256 threads)
+//                   tile    64, 128, 32       packed keys per pipeline stage
+//                   stages  3, 2, 4           cp.async pipeline depth
 //   query_outer     warps   4, 8              CTA of one (b, g, t) row: warps split the key
-//                   tile    32, 64, 128         columns of each tile (and the h rows when h > 16)
-//                   stages  2, 3, 4           cp.async pipeline depth
-//   split_kv        split   2, 4, 8, 16, 32   CTAs per (b, g, t) row, each a contiguous share of
+//                   tile    64, 128, 32         columns of each tile (and the h rows when h > 16)
+//                   stages  3, 2, 4           cp.async pipeline depth
+//   split_kv        split   8, 16, 4, 32      CTAs per (b, g, t) row, each a contiguous share of
 //                                               the row's tiles; a combine kernel merges them
-//                   warps   4, 8
-//                   tile    32, 64
+//                   warps   4, 2              (2 warps allow 32-key tiles when h <= 16)
+//                   tile    64, 32
 //                   stages  2, 3
-//   prefill_shared  qtile   1, 2, 4, 8        consecutive query rows per CTA (qtile*h <= 128):
+//   prefill_shared  qtile   4, 2, 8, 1        consecutive query rows per CTA (qtile*h <= 128):
 //                                               the union of their selected blocks is loaded once
 //                   warps   4, 8
-//                   tile    32, 64, 128
+//                   tile    64, 128, 32
 //                   stages  2, 3
 //
-// A setting is offered only when it is valid for the family: every warp owns at least 16 key
-// columns of a tile, at most two 16-row MMA tiles, and the dynamic shared memory fits the arch
-// (sm_80/sm_90 227 KiB, sm_86/sm_89 99 KiB, others 48 KiB unless known).
+// A setting is offered only when it is valid for the family: every warp owns a multiple of 16
+// key columns of a tile and at most two 16-row MMA tiles, the accumulators fit the register
+// budget (no spills), and the dynamic shared memory fits the arch (sm_90 227 KiB, sm_80 163 KiB,
+// sm_86/sm_89 99 KiB, unknown archs 48 KiB). Tensor-core designs need sm_80 or newer.
 
 #include <cstdint>
 #include <optional>

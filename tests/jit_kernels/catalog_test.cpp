@@ -1,0 +1,263 @@
+// The variant catalog (jit_kernels/catalog.cpp) without a GPU or a compiler: which settings
+// exist for a family and arch, and the launch plans' arithmetic. Compiling the variants is
+// catalog_compile_test's job; running them, the GPU tests'.
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+#include "layout.cuh"
+#include "nsa/jit/catalog.hpp"
+
+using namespace nsa::jit;
+
+namespace {
+
+const FamilySpec kDecode{ElemType::bf16, 128, 128, 16, 64, 16};
+const FamilySpec kPaper{ElemType::fp16, 192, 128, 16, 64, 16};
+const FamilySpec kWideHeads{ElemType::bf16, 64, 64, 32, 32, 8};
+const FamilySpec kOneHead{ElemType::bf16, 128, 128, 1, 128, 1};
+
+std::string knobs_of(const KernelVariant& v) {
+  std::string s;
+  for (const auto& [k, value] : v.knobs) s += k + "=" + std::to_string(value) + " ";
+  return s;
+}
+
+}  // namespace
+
+TEST(Catalog, EveryDesignNamesAKernelFileThatExists) {
+  std::set<std::string> names;
+  for (Design d : all_designs()) {
+    const std::string name(source_for(d));
+    EXPECT_TRUE(name.ends_with(".cu")) << name;
+    EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(NSA_SOURCE_DIR) / "jit_kernels/kernels" / name)) << name;
+    names.insert(name);
+  }
+  EXPECT_EQ(names.size(), all_designs().size()) << "two designs share a source file";
+}
+
+TEST(Catalog, UnsupportedFamiliesSayWhichFieldAndWhy) {
+  EXPECT_EQ(unsupported_reason(kDecode), std::nullopt);
+  EXPECT_EQ(unsupported_reason(kPaper), std::nullopt);
+  FamilySpec s = kDecode;
+  s.d_qk = 100;
+  ASSERT_TRUE(unsupported_reason(s));
+  EXPECT_NE(unsupported_reason(s)->find("D_qk=100"), std::string::npos) << *unsupported_reason(s);
+  EXPECT_NE(unsupported_reason(s)->find("multiple of 16"), std::string::npos) << *unsupported_reason(s);
+  s = kDecode;
+  s.d_v = 272;
+  EXPECT_NE(unsupported_reason(s).value_or("").find("D_v=272"), std::string::npos);
+  s = kDecode;
+  s.h = 0;
+  EXPECT_NE(unsupported_reason(s).value_or("").find("h=0"), std::string::npos);
+  s = kDecode;
+  s.block = 48;
+  EXPECT_NE(unsupported_reason(s).value_or("").find("block=48"), std::string::npos);
+  s = kDecode;
+  s.n = 129;
+  EXPECT_NE(unsupported_reason(s).value_or("").find("n=129"), std::string::npos);
+  EXPECT_TRUE(variants_for(s, "sm_90", Design::query_outer).empty());
+  EXPECT_TRUE(all_variants(s, "sm_90").empty());
+}
+
+TEST(Catalog, SharedMemoryLimitsFollowTheArch) {
+  EXPECT_EQ(max_dynamic_shared_bytes("sm_90"), 227 * 1024);
+  EXPECT_EQ(max_dynamic_shared_bytes("sm_90a"), 227 * 1024);
+  EXPECT_EQ(max_dynamic_shared_bytes("sm_80"), 163 * 1024);
+  EXPECT_EQ(max_dynamic_shared_bytes("sm_86"), 99 * 1024);
+  EXPECT_EQ(max_dynamic_shared_bytes("sm_89"), 99 * 1024);
+  EXPECT_EQ(max_dynamic_shared_bytes("sm_75"), 48 * 1024);
+  EXPECT_EQ(max_dynamic_shared_bytes("gfx90a"), 48 * 1024);
+}
+
+TEST(Catalog, VariantsAreDistinctPlannableAndFitTheArch) {
+  for (const FamilySpec& spec : {kDecode, kPaper, kWideHeads, kOneHead}) {
+    for (const std::string arch : {"sm_80", "sm_86", "sm_89", "sm_90"}) {
+      const auto all = all_variants(spec, arch);
+      std::set<std::string> keys;
+      std::set<Design> designs;
+      for (const auto& v : all) {
+        EXPECT_TRUE(keys.insert(v.key()).second) << "duplicate " << v.key();
+        designs.insert(v.design);
+        EXPECT_EQ(v.arch, arch);
+        EXPECT_EQ(v.spec, spec);
+        EXPECT_LE(shared_bytes_for(v), static_cast<unsigned>(max_dynamic_shared_bytes(arch))) << v.key();
+        LaunchPlan plan;
+        EXPECT_NO_THROW(plan = plan_for(v, RuntimeShape{2, 3, 1000, 2})) << v.key();
+        for (const auto& l : plan.launches) {
+          EXPECT_LE(l.shared_bytes, shared_bytes_for(v)) << v.key() << " " << l.entry;
+          EXPECT_GE(l.block[0], 32u);
+          EXPECT_EQ(l.block[0] % 32, 0u);
+        }
+      }
+      EXPECT_EQ(designs.size(), all_designs().size())
+          << spec.key() << " on " << arch << ": some design has no setting that fits";
+    }
+  }
+}
+
+TEST(Catalog, DefaultVariantIsTheFirstOfferedSetting) {
+  for (Design d : all_designs()) {
+    const auto offered = variants_for(kDecode, "sm_90", d);
+    ASSERT_FALSE(offered.empty()) << to_string(d);
+    EXPECT_EQ(default_variant(d, kDecode, "sm_90").key(), offered.front().key());
+  }
+  // The 99 KiB archs get a smaller default where the preferred one does not fit.
+  const auto big = default_variant(Design::query_outer, kDecode, "sm_90");
+  const auto small = default_variant(Design::query_outer, kDecode, "sm_86");
+  EXPECT_LE(shared_bytes_for(small), static_cast<unsigned>(99 * 1024));
+  EXPECT_GT(shared_bytes_for(big), static_cast<unsigned>(99 * 1024)) << knobs_of(big);
+  EXPECT_NE(big.key().substr(0, big.key().rfind('.')), small.key().substr(0, small.key().rfind('.')));
+}
+
+TEST(Catalog, OlderArchsGetOnlyTheReference) {
+  const auto all = all_variants(kDecode, "sm_75");
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].design, Design::reference);
+  KernelVariant v = default_variant(Design::query_outer, kDecode, "sm_90");
+  v.arch = "sm_75";
+  try {
+    plan_for(v, RuntimeShape{});
+    FAIL() << "planned a tensor-core variant for sm_75";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("sm_80"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Catalog, PrefillTilesNeverExceed128RowsOrSpillTheWarps) {
+  for (const auto& v : variants_for(kWideHeads, "sm_90", Design::prefill_shared)) {
+    const int qtile = v.knob("qtile", 0);
+    EXPECT_LE(qtile * kWideHeads.h, 128) << v.key();
+  }
+  std::set<int> qtiles;
+  for (const auto& v : variants_for(kDecode, "sm_90", Design::prefill_shared)) qtiles.insert(v.knob("qtile", 0));
+  EXPECT_EQ(qtiles, (std::set<int>{1, 2, 4, 8}));
+  // Every warp owns >= 16 key columns: with h <= 16 (one row tile) 8 warps need 128-key tiles.
+  for (const auto& v : variants_for(kDecode, "sm_90", Design::query_outer))
+    if (v.knob("warps", 0) == 8) {
+      EXPECT_EQ(v.knob("tile", 0), 128) << v.key();
+    }
+}
+
+TEST(Catalog, RowWisePlansLaunchOneCtaPerRow) {
+  const RuntimeShape decode{64, 1, 32768, 4};
+  const auto v = default_variant(Design::query_outer, kDecode, "sm_90");
+  const LaunchPlan plan = plan_for(v, decode);
+  ASSERT_EQ(plan.launches.size(), 1u);
+  EXPECT_EQ(plan.launches[0].entry, "nsa_query_outer");
+  EXPECT_EQ(plan.launches[0].grid[0], 64u * 4u);
+  EXPECT_EQ(plan.launches[0].block[0], 32u * static_cast<unsigned>(v.knob("warps", 0)));
+  EXPECT_EQ(plan.launches[0].shared_bytes, shared_bytes_for(v));
+  EXPECT_EQ(plan.workspace_bytes, 0u);
+
+  const auto ref = plan_for(default_variant(Design::reference, kDecode, "sm_90"), decode);
+  ASSERT_EQ(ref.launches.size(), 1u);
+  EXPECT_EQ(ref.launches[0].grid[0], 64u * 4u * 16u);  // one CTA per (b, t, query head)
+}
+
+TEST(Catalog, SplitKvPlansPartialsThenCombineWithTheirWorkspace) {
+  KernelVariant v = default_variant(Design::split_kv, kDecode, "sm_90");
+  const int split = v.knob("split", 0);
+  ASSERT_GT(split, 1);
+  const RuntimeShape shape{1, 1, 32768, 4};
+  const LaunchPlan plan = plan_for(v, shape);
+  ASSERT_EQ(plan.launches.size(), 2u);
+  EXPECT_EQ(plan.launches[0].entry, "nsa_split_kv_partial");
+  EXPECT_EQ(plan.launches[0].grid[0], 4u * static_cast<unsigned>(split));
+  EXPECT_EQ(plan.launches[1].entry, "nsa_split_kv_combine");
+  EXPECT_EQ(plan.launches[1].grid[0], 4u * 16u / 4u);  // one warp per (row, head), 4 warps a CTA
+  // fp32 O [rows][split][h][D_v], then m and l [rows][split][h].
+  const std::uint64_t partials = 4ull * split * 16;
+  EXPECT_GE(plan.workspace_bytes, partials * (128 + 2) * 4);
+  EXPECT_LE(plan.workspace_bytes, partials * (128 + 2) * 4 + 512);
+}
+
+TEST(Catalog, PackedBaselineReservesPackedRowsAndLengths) {
+  const auto v = default_variant(Design::sdpa_packed, kPaper, "sm_90");
+  const RuntimeShape shape{3, 5, 4096, 2};
+  const LaunchPlan plan = plan_for(v, shape);
+  ASSERT_EQ(plan.launches.size(), 2u);
+  EXPECT_EQ(plan.launches[0].entry, "nsa_sdpa_gather");
+  EXPECT_EQ(plan.launches[1].entry, "nsa_sdpa_attention");
+  const std::uint64_t rows = 3 * 5 * 2, max_len = 16 * 64;
+  const std::uint64_t packed = rows * max_len * (192 + 128) * 2;  // K_p and V_p in fp16
+  EXPECT_GE(plan.workspace_bytes, packed + rows * 4);
+  EXPECT_LE(plan.workspace_bytes, packed + rows * 4 + 256);
+  EXPECT_EQ(plan.launches[0].grid[0], rows);
+  EXPECT_EQ(plan.launches[1].grid[0], rows);
+}
+
+TEST(Catalog, PrefillSharedPlansOneCtaPerQueryTile) {
+  for (const auto& v : variants_for(kDecode, "sm_90", Design::prefill_shared)) {
+    const int qtile = v.knob("qtile", 0);
+    const LaunchPlan plan = plan_for(v, RuntimeShape{2, 1001, 1001, 4});
+    ASSERT_EQ(plan.launches.size(), 1u);
+    EXPECT_EQ(plan.launches[0].grid[0], 2u * 4u * static_cast<unsigned>((1001 + qtile - 1) / qtile)) << v.key();
+  }
+}
+
+TEST(Catalog, GridsAreCappedForHugeShapesAndKernelsLoop) {
+  const RuntimeShape huge{64, 1 << 20, 1 << 20, 64};  // 2^32 rows
+  for (const auto& v : all_variants(kDecode, "sm_90"))
+    for (const auto& l : plan_for(v, huge).launches) EXPECT_LE(l.grid[0], 2147483647u) << v.key() << " " << l.entry;
+}
+
+TEST(Catalog, PlansRejectSettingsTheCatalogWouldNotOffer) {
+  KernelVariant v = default_variant(Design::query_outer, kDecode, "sm_90");
+  v.knobs[1].second = 48;  // tile
+  try {
+    plan_for(v, RuntimeShape{});
+    FAIL() << "planned tile=48";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("tile=48"), std::string::npos) << e.what();
+  }
+  v = default_variant(Design::query_outer, kDecode, "sm_90");
+  v.knobs.pop_back();
+  EXPECT_THROW(plan_for(v, RuntimeShape{}), std::invalid_argument);
+  v = default_variant(Design::query_outer, kDecode, "sm_90");
+  v.knobs[0].first = "threads";
+  EXPECT_THROW(plan_for(v, RuntimeShape{}), std::invalid_argument);
+  // A setting that only fits the 227 KiB archs is refused for sm_86.
+  v = default_variant(Design::query_outer, kDecode, "sm_90");
+  ASSERT_GT(shared_bytes_for(v), static_cast<unsigned>(99 * 1024));
+  v.arch = "sm_86";
+  EXPECT_THROW(plan_for(v, RuntimeShape{}), std::invalid_argument);
+}
+
+TEST(Catalog, PlansRejectEmptyShapesWithTheValues) {
+  const auto v = default_variant(Design::query_outer, kDecode, "sm_90");
+  try {
+    plan_for(v, RuntimeShape{1, 0, 10, 1});
+    FAIL() << "planned T_q = 0";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("T_q=0"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Catalog, LayoutArithmeticMatchesTheEngineRules) {
+  namespace L = nsa_layout;
+  EXPECT_EQ(L::m_tiles(1), 1);
+  EXPECT_EQ(L::m_tiles(16), 1);
+  EXPECT_EQ(L::m_tiles(17), 2);
+  EXPECT_EQ(L::m_tiles(33), 4);  // padded to a power of two so warps split rows evenly
+  EXPECT_EQ(L::m_tiles(128), 8);
+  EXPECT_TRUE(L::core_valid(1, 4, 64));    // 4 warps x 16 keys
+  EXPECT_FALSE(L::core_valid(1, 8, 64));   // 8 keys a warp: less than one MMA k-step
+  EXPECT_TRUE(L::core_valid(2, 4, 32));    // 2 row groups x 2 column groups of 16 keys
+  EXPECT_FALSE(L::core_valid(8, 2, 64));   // four row tiles a warp
+  // Padded rows: D/2 + 4 words, an odd multiple of 4 for every D that is a multiple of 16, so
+  // the 8 rows of an ldmatrix phase start in 8 different 4-bank groups.
+  for (int d = 16; d <= 256; d += 16) {
+    const int words = (d + L::kPad) * 2 / 4;
+    std::set<int> groups;
+    for (int r = 0; r < 8; ++r) groups.insert((r * words % 32) / 4);
+    EXPECT_EQ(groups.size(), 8u) << "D=" << d;
+  }
+  // The merge buffer overlays Q and the stages; the region is whichever is larger.
+  EXPECT_EQ(L::core_bytes(128, 128, 1, 4, 64, 2),
+            std::max(L::q_tile_bytes(128, 1) + 2 * L::kv_stage_bytes(128, 128, 64), L::merge_bytes(128, 1, 4)));
+}
