@@ -207,18 +207,17 @@ std::optional<Cached> to_cached(const Answer& a, std::int64_t epoch, std::string
 }
 
 std::string describe(const ConnError& e, std::int64_t budget_us) {
+  std::string what;
   switch (e.kind) {
-    case Failure::no_daemon: return "nsa-tuned unavailable: no daemon listening (" + e.message + "); answering sdpa";
-    case Failure::timeout:
-      return "nsa-tuned unavailable: " + e.message + " (" + std::to_string(budget_us) + " us); answering sdpa";
-    case Failure::closed: return "nsa-tuned unavailable: " + e.message + "; answering sdpa";
-    case Failure::garbage: return "nsa-tuned unavailable: the daemon replied garbage (" + e.message + "); answering sdpa";
-    case Failure::incompatible:
-      return "nsa-tuned unavailable: protocol version mismatch: " + e.message + "; answering sdpa";
-    case Failure::io: return "nsa-tuned unavailable: " + e.message + "; answering sdpa";
-    case Failure::cancelled: return "nsa-tuned unavailable: the client is closing; answering sdpa";
+    case Failure::no_daemon: what = "no daemon listening (" + e.message + ")"; break;
+    case Failure::timeout: what = e.message + " (" + std::to_string(budget_us) + " us)"; break;
+    case Failure::garbage: what = "the daemon replied garbage (" + e.message + ")"; break;
+    case Failure::incompatible: what = "protocol version mismatch: " + e.message; break;
+    case Failure::cancelled: what = "the client is closing"; break;
+    case Failure::closed:
+    case Failure::io: what = e.message; break;
   }
-  return "nsa-tuned unavailable; answering sdpa";
+  return "nsa-tuned unavailable: " + what + (e.known ? "; retrying in the background" : "") + "; answering sdpa";
 }
 
 }  // namespace
@@ -503,7 +502,7 @@ class Client {
     if (s != DaemonState::down && s != DaemonState::incompatible) return std::nullopt;
     std::lock_guard lock(m_state_mutex);
     ConnError e = m_state_reason;
-    e.message += " (retrying in the background)";
+    e.known = true;
     return e;
   }
 

@@ -29,6 +29,7 @@ enum class Failure {
 struct ConnError {
   Failure kind;
   std::string message;  // "connect to /run/...: No such file or directory"
+  bool known = false;   // answered from the background thread's knowledge, without trying
 };
 
 /// A connected Unix stream socket and the bytes of replies not yet taken. Move-only owner of its
