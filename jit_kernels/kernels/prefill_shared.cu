@@ -54,7 +54,7 @@ __device__ __forceinline__ int slot_block(const int* sel_tile, int e, int nq, lo
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_prefill_shared(const SelectionParams p) {
+extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_shared(const SelectionParams p) {
   constexpr int TILE = Core::TILE_KEYS;
   constexpr int THREADS = Core::THREADS;
   constexpr long long kExtras = nsa_layout::union_bytes(QTILE, NSEL);

@@ -17,7 +17,7 @@
 
 using Core = AttentionCore<nsa_layout::m_tiles(H), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES>;
 
-extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_query_outer(const SelectionParams p) {
+extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_query_outer(const SelectionParams p) {
   constexpr long long kExtras = nsa_layout::row_list_bytes(NSEL);
   require_smem(nsa_layout::query_outer_smem(DQK, DV, H, NSEL, NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES));
   unsigned char* smem = dynamic_smem();
@@ -33,10 +33,11 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_query_outer(cons
     const RowId r = split_row(rid, p);
     row.build(reinterpret_cast<int*>(smem), p, r);
     const long long ntiles = (row.npos + Core::TILE_KEYS - 1) / Core::TILE_KEYS;
+    // Output rows of heads g*h .. g*h+h-1 are consecutive; their LSE entries are T_q apart.
+    elem_t* o_rows = O + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
+    float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
     attend_selected_row(core, row, p, r, 0, ntiles, [&](int i, int ch, const float (&acc)[8], float m, float l) {
-      const long long head = r.g * H + i;
-      store_output_chunk(O + ((r.b * p.t_q + r.t) * h_q + head) * DV, LSE != nullptr ? LSE + (r.b * h_q + head) * p.t_q + r.t : nullptr,
-                         ch, acc, m, l);
+      store_output_chunk(o_rows + (long long)i * DV, lse_rows != nullptr ? lse_rows + i * p.t_q : nullptr, ch, acc, m, l);
     });
   }
 }

@@ -113,7 +113,7 @@ extern "C" __global__ void __launch_bounds__(kGatherThreads) nsa_sdpa_gather(con
 
 using Core = AttentionCore<nsa_layout::m_tiles(H), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES>;
 
-extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_sdpa_attention(const SelectionParams p) {
+extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_sdpa_attention(const SelectionParams p) {
   constexpr int TILE = Core::TILE_KEYS;
   require_smem(nsa_layout::packed_attention_smem(DQK, DV, H, NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES));
   Core core;
@@ -130,6 +130,8 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_sdpa_attention(c
     const elem_t* q_rows = ptr_elem(p.q) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DQK;
     const elem_t* k_row0 = ws.k + rid * kMaxLen * DQK;
     const elem_t* v_row0 = ws.v + rid * kMaxLen * DV;
+    elem_t* o_rows = O + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
+    float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
     core.run(
         0, (len + TILE - 1) / TILE, p.scale * NSA_LOG2E,
         [&]() { core.load_q_async([&](int i) -> const elem_t* { return i < H ? q_rows + (long long)i * DQK : nullptr; }); },
@@ -148,9 +150,7 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_sdpa_attention(c
           return left <= 0 ? 0 : (left >= 16 ? 16 : (int)left);
         });
     core.finish(H, [&](int i, int ch, const float (&acc)[8], float m, float l) {
-      const long long head = r.g * H + i;
-      store_output_chunk(O + ((r.b * p.t_q + r.t) * h_q + head) * DV,
-                         LSE != nullptr ? LSE + (r.b * h_q + head) * p.t_q + r.t : nullptr, ch, acc, m, l);
+      store_output_chunk(o_rows + (long long)i * DV, lse_rows != nullptr ? lse_rows + i * p.t_q : nullptr, ch, acc, m, l);
     });
   }
 }

@@ -28,7 +28,7 @@ static_assert(SPLIT >= 1 && SPLIT <= nsa_layout::kMaxSplit, "split must be in [1
 
 using Core = AttentionCore<nsa_layout::m_tiles(H), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES>;
 
-extern "C" __global__ void __launch_bounds__(Core::THREADS) nsa_split_kv_partial(const SelectionParams p) {
+extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_split_kv_partial(const SelectionParams p) {
   constexpr long long kExtras = nsa_layout::row_list_bytes(NSEL);
   require_smem(nsa_layout::query_outer_smem(DQK, DV, H, NSEL, NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES));
   unsigned char* smem = dynamic_smem();
