@@ -235,8 +235,11 @@ int main(int argc, char** argv) {
 
   const jit::DriverProbe probe = jit::probe_devices();
   if (!probe.available()) {
-    std::fprintf(stderr, "nsa-tune-worker: no usable GPU: %s\n",
-                 probe.problem.empty() ? "the driver reports no devices" : probe.problem.c_str());
+    // The probe's text is written for the daemon ("...: every answer will be the SDPA
+    // fallback"); the worker only needs the cause.
+    std::string why = probe.problem.empty() ? "the driver reports no devices" : probe.problem;
+    if (const auto cut = why.find(": every answer"); cut != std::string::npos) why.resize(cut);
+    std::fprintf(stderr, "nsa-tune-worker: no usable GPU, nothing to tune: %s\n", why.c_str());
     return worker_exit::no_device;
   }
   if (args.device >= static_cast<int>(probe.devices.size())) {
