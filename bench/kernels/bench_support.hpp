@@ -24,7 +24,7 @@ struct ShapeSpec {
 };
 
 /// The defaults: decode B=64, T_kv=32768, H_q=64, H_kv=4, D=128, block 64, n=16, bf16; and
-/// prefill B=2, T_q=T_kv=8192 with the same heads and family.
+/// prefill B=1, T_q=T_kv=8192 with the same heads and family.
 ShapeSpec default_decode();
 ShapeSpec default_prefill();
 
