@@ -14,9 +14,10 @@
 //
 // The background thread keeps one `subscribe` connection. Each epoch it learns (from its hello,
 // the subscribe reply and the events) that differs from the known one drops the memo: the daemon
-// pushes an event whenever an answer may have changed, and bumps the epoch at every start. When
-// the subscription is lost it marks the daemon down (step 3 then answers at once), empties the
-// pool (those connections died with it) and reconnects with exponential backoff. Replies on
+// pushes an event whenever an answer may have changed. When the subscription is lost it marks the
+// daemon down (step 3 then answers at once), empties the pool (those connections died with it)
+// and reconnects with exponential backoff; a successful re-subscription drops the memo too, since
+// what happened while it was away (a restart on a new driver) cannot be known. Replies on
 // request connections only ever move the known epoch forward: a reply that raced with a change
 // and carries an older epoch is returned to its caller but not memoized.
 //
@@ -348,8 +349,15 @@ class Client {
   }
 
   /// From the subscription: any different epoch is a change (a restarted or other daemon).
-  void adopt_epoch(std::int64_t e) {
+  /// `resubscribed`: the subscription was lost and is back; whatever happened meanwhile (a
+  /// restart with a new driver, another state directory) cannot be ruled out, so the memo goes
+  /// even if the epoch looks the same.
+  void adopt_epoch(std::int64_t e, bool resubscribed = false) {
     std::unique_lock lock(m_memo_mutex);
+    if (resubscribed && e == m_epoch && !m_memo.empty()) {
+      m_memo.clear();
+      m_epoch_changes.fetch_add(1, std::memory_order_relaxed);
+    }
     if (e != m_epoch) set_epoch_locked(e);
   }
 
@@ -547,7 +555,7 @@ class Client {
         backoff = std::min(backoff * 2, m_backoff_max_us);
         continue;
       }
-      adopt_epoch((*sub)["epoch"].get<std::int64_t>());
+      adopt_epoch((*sub)["epoch"].get<std::int64_t>(), /*resubscribed=*/ever_connected);
       if (ever_connected) m_reconnects.fetch_add(1, std::memory_order_relaxed);
       ever_connected = true;
       backoff = m_backoff_min_us;

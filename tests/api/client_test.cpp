@@ -395,6 +395,27 @@ TEST_F(Client, DaemonRestartIsFollowedByReconnectAndANewEpoch) {
   EXPECT_EQ(a.epoch, 100);
 }
 
+TEST_F(Client, RestartWithTheSameEpochStillDropsTheMemo) {
+  // A daemon restarted on a new driver may come back with the same epoch; the client cannot know
+  // what changed while it was away, so a re-subscription drops the memo anyway.
+  auto peer = std::make_unique<TestPeer>(socket, TestPeer::Options{.epoch = 7});
+  nsa_tune_client* c = open(200'000);
+  ASSERT_TRUE(eventually([&] { return peer->requests("subscribe") == 1; }));
+  nsa_tune_problem p = problem(32768);
+  nsa_tune_answer a;
+  ASSERT_EQ(nsa_tune_dispatch(c, &p, &a), NSA_TUNE_OK);
+  peer->stop();
+  peer = std::make_unique<TestPeer>(socket, TestPeer::Options{.epoch = 7});
+  ASSERT_TRUE(eventually([&] {
+    nsa_tune_stats s;
+    nsa_tune_client_stats(c, &s);
+    return s.reconnects >= 1;
+  }));
+  ASSERT_EQ(nsa_tune_dispatch(c, &p, &a), NSA_TUNE_OK) << a.reason;
+  EXPECT_EQ(peer->requests("dispatch"), 1) << "asked the restarted daemon, not the memo";
+  EXPECT_EQ(nsa_tune_epoch(c), 7);
+}
+
 TEST_F(Client, ConcurrentDispatchFromManyThreadsGivesConsistentAnswers) {
   TestPeer peer(socket, {});
   nsa_tune_client* c = open(500'000);

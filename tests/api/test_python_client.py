@@ -391,6 +391,18 @@ class PeerTest(Base):
         self.assertEqual(c.dispatch(problem()).epoch, 100)
         self.assertEqual(peer2.count("dispatch"), 1)
 
+    def test_restart_with_the_same_epoch_still_drops_the_memo(self):
+        peer = self.peer(epoch=7)
+        c = self.client(budget_us=200000)
+        self.assertTrue(eventually(lambda: peer.count("subscribe") == 1))
+        c.dispatch(problem())
+        peer.stop()
+        self.peers.remove(peer)
+        peer2 = self.peer(epoch=7)
+        self.assertTrue(eventually(lambda: c.stats()["reconnects"] >= 1))
+        self.assertEqual(c.dispatch(problem()).epoch, 7)
+        self.assertEqual(peer2.count("dispatch"), 1, "asked the restarted daemon, not the memo")
+
     def test_other_operations(self):
         self.peer(epoch=9)
         c = self.client()

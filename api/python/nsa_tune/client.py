@@ -17,7 +17,8 @@ C library, api/client/client.cpp):
 
 A daemon thread holds a ``subscribe`` connection: every different epoch it learns drops the memo,
 and when the subscription is lost it marks the daemon down, empties the pool and reconnects with
-exponential backoff (10 ms doubling to 2 s by default). ``close()`` wakes it through a pipe and
+exponential backoff (10 ms doubling to 2 s by default); coming back drops the memo too, since the
+daemon may have restarted on a new driver meanwhile. ``close()`` wakes it through a pipe and
 joins it at once.
 
 The other operations (status, report, pins, retune, pin, unpin) are not on anyone's hot path: they
@@ -678,8 +679,14 @@ class Client:
             self._stats["epoch_changes"] += 1
         self._epoch = e
 
-    def _adopt_epoch(self, e: int) -> None:
+    def _adopt_epoch(self, e: int, resubscribed: bool = False) -> None:
+        """From the subscription: any different epoch is a change. ``resubscribed``: the
+        subscription was lost and is back, and what happened meanwhile (a restart on a new driver)
+        cannot be ruled out, so the memo goes even if the epoch looks the same."""
         with self._lock:
+            if resubscribed and e == self._epoch and self._memo:
+                self._memo = {}
+                self._stats["epoch_changes"] += 1
             if e != self._epoch:
                 self._set_epoch_locked(e)
 
@@ -755,7 +762,7 @@ class Client:
                     return
                 backoff = min(backoff * 2, self._backoff_max)
                 continue
-            self._adopt_epoch(r["epoch"])
+            self._adopt_epoch(r["epoch"], resubscribed=ever)
             if ever:
                 self._count("reconnects")
             ever = True

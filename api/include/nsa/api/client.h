@@ -21,7 +21,8 @@
  *  - Answers are memoized per client, keyed by the whole problem; a memoized answer costs a hash
  *    lookup under a shared lock (no system call). The memo is dropped whenever the daemon's
  *    epoch changes; a background thread holds a `subscribe` connection to learn of it and
- *    reconnects with exponential backoff. Fallbacks are never memoized.
+ *    reconnects with exponential backoff (a reconnect drops the memo too: the daemon may have
+ *    restarted on a new driver meanwhile). Fallbacks are never memoized.
  *  - Every function is thread-safe on one client, except nsa_tune_client_close, which must not
  *    race with other calls on the same client. No C++ exception ever leaves this library.
  *  - After fork(), the child must not use a client opened by the parent (its background thread
@@ -132,7 +133,8 @@ typedef struct nsa_tune_stats {
   uint64_t fallbacks;     /* answers that were the daemon_unavailable fallback */
   uint64_t reconnects;    /* times the background subscription was re-established after a loss */
   uint64_t invalid;       /* problems rejected as invalid */
-  uint64_t epoch_changes; /* times the memo was dropped because the epoch changed */
+  uint64_t epoch_changes; /* times the memo was dropped: the epoch changed, or the subscription
+                             came back after a loss (the daemon may have restarted) */
 } nsa_tune_stats;
 
 /* Sets every option to its default (all zero / NULL). */
