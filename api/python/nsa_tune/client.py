@@ -286,7 +286,7 @@ class Answer:
     provenance: str
     reason: str
     variant: Optional[str] = None
-    launch: Optional[Dict[str, Any]] = field(default=None, compare=False, hash=False)
+    launch: Optional[Dict[str, Any]] = field(default=None, hash=False)  # compared, not hashed (a dict)
     speedup: Optional[float] = None
     run_id: Optional[int] = None
     arch: Optional[str] = None
