@@ -1,13 +1,16 @@
 // reference: the obviously-correct device implementation of selection attention, in fp32, that
 // every other design is checked against on large shapes (the host reference covers small ones).
-// Slow on purpose: no tensor cores, no pipelining, no approximate math.
+// Slow on purpose: no tensor cores, no pipelining, no approximate math. It only avoids being
+// needlessly slow: reads of K and V rows are coalesced, so the GPU tests can afford it on
+// decode batches and long prefill chunks.
 //
-// One CTA of 128 threads per (b, t, query head i); CTAs loop when there are more than 2^31-1.
-// Shared memory: q (fp32, D_qk), one score per thread for a chunk of 128 keys, reduction slots.
-// Two passes over the row's selected blocks, in slot order:
-//   1. every thread scores keys tid, tid+128, ... of each visible range and the CTA takes the max m;
-//   2. chunk by chunk, each thread writes exp(s - m) of its key into shared memory, then thread d
-//      accumulates sum_k p_k * V[k][d] for its output dimensions; l sums the p_k.
+// One CTA of 128 threads (4 warps) per (b, t, query head i); CTAs loop when there are more than
+// 2^31-1. Shared memory: q (fp32, D_qk), one score per key of a chunk of 128 keys, reduction
+// slots. Two passes over the row's selected blocks, in slot order:
+//   1. warp w scores keys w, w+4, ... of each visible range (lanes split D_qk, a warp sum gives
+//      the dot product) and the CTA takes the max m;
+//   2. chunk by chunk of 128 keys, the warps write p_k = exp(s_k - m) into shared memory, then
+//      thread d accumulates sum_k p_k * V[k][d] for its output dimensions; l sums the p_k.
 // O = acc / l and LSE = m + log(l); with no visible key, m = -inf, l = 0, and the row gets O = 0,
 // LSE = -inf (pass 2 never evaluates exp(-inf - -inf)).
 #include "common.cuh"
@@ -28,10 +31,12 @@ __device__ float block_reduce(float v, float* slots, bool is_max) {
   return r;
 }
 
-__device__ float score(const float* q_s, const elem_t* k_row, float scale) {
+/// scale * dot(q, k_row), computed by a whole warp (lanes split the dimensions); every lane
+/// gets the result.
+__device__ float warp_score(const float* q_s, const elem_t* k_row, float scale) {
   float acc = 0.f;
-  for (int d = 0; d < DQK; ++d) acc += q_s[d] * to_float(k_row[d]);
-  return acc * scale;
+  for (int d = threadIdx.x % 32; d < DQK; d += 32) acc += q_s[d] * to_float(k_row[d]);
+  return warp_sum(acc) * scale;
 }
 
 }  // namespace
@@ -69,14 +74,16 @@ extern "C" __global__ void __launch_bounds__(kThreads) nsa_reference(const Selec
     for (int d = tid; d < DQK; d += kThreads) q_s[d] = to_float(q_row[d]);
     __syncthreads();
 
-    // Pass 1: the row maximum.
+    // Pass 1: the row maximum. Loops are uniform per warp (cnt is the same for every thread).
+    const int warp = tid / 32;
+    constexpr int kWarps = kThreads / 32;
     float m_local = NSA_NEG_INF;
     for (int j = 0; j < NSEL; ++j) {
       const int c = sel[j];
       const int cnt = visible_in_block(c, lim);
-      for (int k = tid; k < cnt; k += kThreads) {
+      for (int k = warp; k < cnt; k += kWarps) {
         const long long key = (long long)c * BLK + k;
-        m_local = fmaxf(m_local, score(q_s, k_bg + key * k_stride, p.scale));
+        m_local = fmaxf(m_local, warp_score(q_s, k_bg + key * k_stride, p.scale));
       }
     }
     const float m = block_reduce(m_local, slots, true);
@@ -89,16 +96,16 @@ extern "C" __global__ void __launch_bounds__(kThreads) nsa_reference(const Selec
       const int c = sel[j];
       const int cnt = visible_in_block(c, lim);  // the same for every thread: the loop is uniform
       for (int k0 = 0; k0 < cnt; k0 += kThreads) {
-        const int k = k0 + tid;
-        float pk = 0.f;
-        if (k < cnt) {
-          const long long key = (long long)c * BLK + k;
-          pk = expf(score(q_s, k_bg + key * k_stride, p.scale) - m);
-        }
-        l_local += pk;
-        p_s[tid] = pk;
-        __syncthreads();
         const int chunk = cnt - k0 < kThreads ? cnt - k0 : kThreads;
+        for (int kk = warp; kk < chunk; kk += kWarps) {
+          const long long key = (long long)c * BLK + k0 + kk;
+          const float pk = expf(warp_score(q_s, k_bg + key * k_stride, p.scale) - m);
+          if (tid % 32 == 0) {
+            p_s[kk] = pk;
+            l_local += pk;
+          }
+        }
+        __syncthreads();
         for (int e = 0; e < kDvPerThread; ++e) {
           const int d = tid + e * kThreads;
           if (d >= DV) break;
