@@ -92,11 +92,23 @@ Handler::Handler(State& state, const Config& config, AdminPolicy admin, ServiceS
 
 void Handler::handle(std::string_view frame, Connection& conn, std::string& out) {
   ++m_stats.requests;
+  // The hot path: a plain valid dispatch, parsed without building a document. Anything else
+  // (and any error) takes the general path below, which says exactly what is wrong.
+  if (conn.greeted) {
+    if (auto fast = parse_dispatch_fast(frame)) {
+      answer_dispatch(fast->id, fast->problems, out);
+      return;
+    }
+  }
   api::Request request;
   json r;
   try {
     if (auto e = api::parse_request(frame, request)) {
       r = api::error_reply(request.id, *e);
+    } else if (request.op == api::Op::dispatch && conn.greeted) {
+      auto problems = dispatch_problems(request);
+      answer_dispatch(request.id, problems, out);
+      return;
     } else {
       r = reply(request, conn);
     }
@@ -154,7 +166,7 @@ json Handler::reply(const api::Request& r, Connection& conn) {
         j["epoch"] = m_state.snapshot()->epoch;
         return j;
       }
-    case api::Op::dispatch: return dispatch(r);
+    case api::Op::dispatch: break;  // answered by handle() before it gets here
     case api::Op::status: return status(r);
     case api::Op::report: return report(r);
     case api::Op::pins: return pins(r);
@@ -198,7 +210,7 @@ json Handler::hello(const api::Request& r, Connection& conn) {
   return j;
 }
 
-json Handler::dispatch(const api::Request& r) {
+std::vector<api::Problem> Handler::dispatch_problems(const api::Request& r) {
   const json* problems = field(r, "problems");
   if (!problems)
     throw ReplyError{errc::missing_field, "dispatch needs the field 'problems': an array of 1 to " +
@@ -209,25 +221,43 @@ json Handler::dispatch(const api::Request& r) {
     throw ReplyError{errc::bad_request, "'problems' holds " + std::to_string(problems->size()) +
                                             " problems; send 1 to " +
                                             std::to_string(api::kMaxProblemsPerRequest) + " per request"};
-  // Parse every problem before deciding any, so a request that fails records no demand.
+  // Every problem is checked before any is decided, so a request that fails records no demand.
   std::vector<api::Problem> parsed(problems->size());
   for (std::size_t i = 0; i < problems->size(); ++i) {
     if (auto e = api::parse_problem((*problems)[i], parsed[i]))
       throw ReplyError{e->code, "problems[" + std::to_string(i) + "]: " + e->message};
   }
-  const auto snapshot = m_state.snapshot();
-  const std::int64_t now = now_unix();
-  json answers = json::array();
-  for (const api::Problem& problem : parsed) {
-    Decision d = decide(*snapshot, problem);
-    if (d.demand) m_state.note_demand(*d.demand, now);
-    answers.push_back(api::to_json(d.answer));
+  return parsed;
+}
+
+void Handler::answer_dispatch(const json& id, const std::vector<api::Problem>& problems, std::string& out) {
+  auto snapshot = m_state.snapshot();
+  if (snapshot.get() != m_memo_snapshot || m_memo.size() > kMemoLimit) {
+    m_memo.clear();
+    m_memo_snapshot = snapshot.get();
+    m_memo_snapshot_owner = snapshot;
   }
-  m_stats.problems += parsed.size();
-  json j = api::ok_reply(r.id);
-  j["epoch"] = snapshot->epoch;
-  j["answers"] = std::move(answers);
-  return j;
+  const std::int64_t now = now_unix();
+  // The reply is written by hand, keys in the order nlohmann would sort them, so a memoized
+  // answer is copied as text instead of being rebuilt as a document.
+  out += "{\"answers\":[";
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    auto it = m_memo.find(problems[i]);
+    if (it == m_memo.end()) {
+      Decision d = decide(*snapshot, problems[i]);
+      MemoEntry e{api::to_json(d.answer).dump(-1, ' ', false, json::error_handler_t::replace), std::move(d.demand)};
+      it = m_memo.emplace(problems[i], std::move(e)).first;
+    }
+    if (it->second.demand) m_state.note_demand(*it->second.demand, now);
+    if (i) out += ',';
+    out += it->second.json;
+  }
+  out += "],\"epoch\":";
+  out += std::to_string(snapshot->epoch);
+  out += ",\"id\":";
+  out += id.dump(-1, ' ', false, json::error_handler_t::replace);
+  out += ",\"ok\":true}\n";
+  m_stats.problems += problems.size();
 }
 
 json Handler::status(const api::Request& r) {

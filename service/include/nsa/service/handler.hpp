@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <sys/types.h>
@@ -30,6 +31,7 @@
 
 #include "nsa/api/protocol.hpp"
 #include "nsa/service/config.hpp"
+#include "nsa/service/fast_dispatch.hpp"
 #include "nsa/service/state.hpp"
 
 namespace nsa::service {
@@ -95,7 +97,10 @@ class Handler {
  private:
   nlohmann::json reply(const api::Request&, Connection&);
   nlohmann::json hello(const api::Request&, Connection&);
-  nlohmann::json dispatch(const api::Request&);
+  /// Validates a dispatch request's problems (throws the error reply) for the general path.
+  std::vector<api::Problem> dispatch_problems(const api::Request&);
+  /// Appends the reply to a dispatch of valid problems, from the answer memo where it can.
+  void answer_dispatch(const nlohmann::json& id, const std::vector<api::Problem>&, std::string& out);
   nlohmann::json status(const api::Request&);
   nlohmann::json report(const api::Request&);
   nlohmann::json pins(const api::Request&);
@@ -109,6 +114,18 @@ class Handler {
   const Config& m_config;
   AdminPolicy m_admin;
   ServiceStats& m_stats;
+
+  // Answers already encoded, per problem, for the snapshot they were decided on: a repeated
+  // problem (the common case: a job asks the same few shapes) costs a hash lookup instead of a
+  // decision and a JSON encoding. Dropped whenever the snapshot changes; bounded in size.
+  struct MemoEntry {
+    std::string json;                 // the encoded answer object
+    std::optional<DemandKey> demand;  // counted again on every hit
+  };
+  static constexpr std::size_t kMemoLimit = 1 << 16;
+  std::unordered_map<api::Problem, MemoEntry, ProblemHash> m_memo;
+  const Snapshot* m_memo_snapshot = nullptr;
+  std::shared_ptr<const Snapshot> m_memo_snapshot_owner;  // keeps the address from being reused
 };
 
 /// "no tuner in this build: 3 retune requests queued" or "disabled (--no-tune)": status's
