@@ -99,13 +99,14 @@ struct AttentionCore {
   }
 
   /// Issues the copies of the ROWS query rows; `row_ptr(r)` is row r's D_qk elements, or nullptr
-  /// for a padding row (zero-filled). Joins the caller's next commit group.
+  /// for a padding row (zero-filled). Row 0 always exists. Joins the caller's next commit group.
   template <class RowPtr>
   __device__ __forceinline__ void load_q_async(RowPtr row_ptr) {
+    const elem_t* any_row = row_ptr(0);  // a global address for the zero-fill copies (never read)
     for (int i = tid; i < ROWS * KCH; i += THREADS) {
       const int r = i / KCH, ch = i % KCH;
       const elem_t* src = row_ptr(r);
-      cp_async_16(smem_addr(q_s + r * QSTR + ch * 8), src != nullptr ? src + ch * 8 : q_s, src != nullptr);
+      cp_async_16(smem_addr(q_s + r * QSTR + ch * 8), src != nullptr ? src + ch * 8 : any_row, src != nullptr);
     }
   }
 
