@@ -102,8 +102,11 @@ std::filesystem::path default_worker_path() {
   std::error_code ec;
   const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (!ec) {
-    const auto next_to_us = self.parent_path() / "nsa-tune-worker";
-    if (std::filesystem::exists(next_to_us, ec)) return next_to_us;
+    // Installed: bin/nsa-tuned next to bin/nsa-tune-worker. Build tree: build/service/nsa-tuned
+    // and build/tuner/worker/nsa-tune-worker.
+    for (const auto& candidate : {self.parent_path() / "nsa-tune-worker",
+                                  self.parent_path().parent_path() / "tuner" / "worker" / "nsa-tune-worker"})
+      if (std::filesystem::exists(candidate, ec)) return candidate;
   }
   return "nsa-tune-worker";
 }

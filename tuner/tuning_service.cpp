@@ -662,7 +662,7 @@ struct TuningService::Impl {
     std::atomic<bool> unavailable{false};
     const std::string trigger = plan.families.front().trigger;
 
-    auto device_work = [&](DeviceSlot& d) {
+    auto device_work_body = [&](DeviceSlot& d) {
       std::int64_t run_id = 0;
       std::size_t points = 0, verdicts = 0, sparse = 0, failures = 0;
       int restarts = 0;
@@ -777,6 +777,20 @@ struct TuningService::Impl {
       if (!error.empty()) total.error = error;
     };
 
+    auto device_work = [&](DeviceSlot& d) {
+      try {
+        device_work_body(d);
+      } catch (const std::exception& e) {
+        const std::string error = std::string("tuning stopped by an unexpected error: ") + e.what();
+        log(LogLevel::error, device_name(d) + ": " + error);
+        unavailable = true;
+        d.supervisor->shutdown();
+        set(d, [&](DeviceSlot& s) {
+          s.state = "failed";
+          s.last_error = error;
+        });
+      }
+    };
     std::vector<std::jthread> threads;
     for (DeviceSlot* d : g.devices) threads.emplace_back([&, d] { device_work(*d); });
     threads.clear();
@@ -838,7 +852,29 @@ struct TuningService::Impl {
   // The loop of one device class ---------------------------------------------------------------------------
 
   void group_loop(Group& g) {
+    // Nothing may escape a tuning thread (it would end the daemon): a store that breaks under
+    // us, a bad_alloc, a bug; each is logged, the device marked failed, and tried again later.
     while (!stopping) {
+      try {
+        group_iteration(g);
+      } catch (const std::exception& e) {
+        const std::string error = std::string("tuning stopped by an unexpected error: ") + e.what();
+        log(LogLevel::error, g.cls.arch + " " + g.cls.gpu_name + ": " + error);
+        {
+          std::lock_guard lock(mutex);
+          g.state = "failed";
+          for (DeviceSlot* d : g.devices) {
+            d->state = "failed";
+            d->last_error = error;
+          }
+        }
+        wait(std::chrono::duration_cast<std::chrono::milliseconds>(config.failure_backoff));
+      }
+    }
+  }
+
+  void group_iteration(Group& g) {
+    {
       TuningPlan plan;
       bool pinned = false;
       try {
@@ -861,7 +897,7 @@ struct TuningService::Impl {
           for (DeviceSlot* d : g.devices) d->last_error = error;
         }
         wait(std::chrono::duration_cast<std::chrono::milliseconds>(config.failure_backoff));
-        continue;
+        return;
       }
       {
         std::lock_guard lock(mutex);
@@ -877,14 +913,14 @@ struct TuningService::Impl {
         std::string summary = pinned ? plan.notes.front() : "nothing to tune: every planned point has a current verdict";
         if (!plan.retune_ids.empty()) settle(g, plan.retune_ids, summary);
         wait(config.idle_poll);
-        continue;
+        return;
       }
       PassResult r = run_pass(g, plan);
-      if (stopping) break;
+      if (stopping) return;
       if (r.worker_unavailable) {
         // The requests stay pending: they are carried out once a worker runs again.
         wait(std::chrono::duration_cast<std::chrono::milliseconds>(config.failure_backoff));
-        continue;
+        return;
       }
       settle(g, plan.retune_ids, r.summary());
     }
@@ -916,6 +952,11 @@ std::expected<void, std::string> TuningService::start() {
   m->pool = std::make_unique<jit::CompilePool>(m->config.compile_threads, m->cubin_cache.get());
   m->source_hash = jit::kernel_source_hash();
   m->stopping = false;
+  {
+    std::lock_guard lock(m->mutex);
+    m->groups.clear();
+    m->slots.clear();
+  }
 
   // Runs a previous daemon left `running` on these devices can never end now.
   std::set<std::string> uuids;
@@ -975,11 +1016,11 @@ void TuningService::stop() {
   for (auto& s : m->slots) s->supervisor->interrupt();
   for (auto& g : m->groups)
     if (g->thread.joinable()) g->thread.join();
+  // Devices stay listed (state "stopped") until a later start() builds them anew.
   std::lock_guard lock(m->mutex);
   for (auto& s : m->slots) s->state = "stopped";
+  for (auto& g : m->groups) g->state = "stopped";
   m->started = false;
-  m->groups.clear();
-  m->slots.clear();
 }
 
 bool TuningService::running() const { return m->started && !m->stopping; }

@@ -194,8 +194,9 @@ int self_test(worker::JobRunner& runner, const jit::DeviceInfo& info) {
   });
   std::fflush(stdout);
   if (fatal) {
-    std::printf("FAIL  sticky CUDA error: %s\n", fatal->error.c_str());
-    return worker_exit::self_test_failed;
+    std::printf("FAIL  sticky CUDA error: %s\nself-test FAILED\n", fatal->error.c_str());
+    std::fflush(stdout);
+    std::_Exit(worker_exit::self_test_failed);  // no teardown on a poisoned context
   }
   if (!job_ok) return worker_exit::self_test_failed;
 
@@ -268,7 +269,10 @@ int main(int argc, char** argv) {
     if (auto fatal = runner->run(*job, send_line)) {
       log_line(fatal->error);
       send_line(*fatal);
-      return worker_exit::sticky;
+      // No destructors: releasing modules and memory of a poisoned context can block, and the
+      // process exit releases everything anyway.
+      std::fflush(stderr);
+      std::_Exit(worker_exit::sticky);
     }
   }
   return worker_exit::ok;

@@ -48,8 +48,8 @@ struct WorkerCommand {
   std::vector<std::pair<std::string, std::string>> env;
 };
 
-/// nsa-tune-worker next to the running executable (the install puts both in bin/), else the
-/// bare name (found on PATH).
+/// nsa-tune-worker next to the running executable (the install puts both in bin/), else where
+/// the build tree puts it relative to service/ (../tuner/worker/), else the bare name (PATH).
 std::filesystem::path default_worker_path();
 
 struct SupervisorConfig {
