@@ -14,6 +14,7 @@
 #include "nsa/cache/verdict_store.hpp"
 #include "nsa/jit/device.hpp"
 #include "nsa/jit/nvrtc.hpp"
+#include "nsa/jit/sources.hpp"
 #include "nsa/tuner/tuning_service.hpp"
 #include "tuning_test_support.hpp"
 
@@ -373,4 +374,20 @@ TEST(TuningConfig, JsonKeysAndEnvironmentAreReadStrictly) {
   auto round = tuning_config_from_json(json::object());
   ASSERT_TRUE(round);
   EXPECT_EQ(to_json(*round)["margin"], 1.2);
+}
+
+TEST(TestFaultKernel, EveryModeCompilesAndAMissingModeIsACompileError) {
+  // What the service compiles when NSA_TUNE_TEST_FAULT is set: test_fault.cu behind one define.
+  auto source = jit::find_source("test_fault.cu");
+  ASSERT_TRUE(source) << "test_fault.cu is embedded";
+  for (const char* mode : {"ILLEGAL_ADDRESS", "HANG", "ABORT"}) {
+    const std::string text = std::string("#define NSA_TEST_FAULT_") + mode + " 1\n" + std::string(*source);
+    auto cubin = jit::compile_source_to_cubin(text, "test_fault.cu", "sm_90", mode);
+    ASSERT_TRUE(cubin) << mode << ": " << cubin.error().message() << "\n" << cubin.error().log;
+    ASSERT_EQ(cubin->kernels.size(), 1u);
+    EXPECT_EQ(cubin->kernels[0].entry, "nsa_test_fault");
+  }
+  auto none = jit::compile_source_to_cubin(*source, "test_fault.cu", "sm_90", "none");
+  ASSERT_FALSE(none);
+  EXPECT_NE(none.error().log.find("needs NSA_TEST_FAULT_ILLEGAL_ADDRESS"), std::string::npos) << none.error().log;
 }
