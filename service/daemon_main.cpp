@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <optional>
 
 #include <grp.h>
@@ -157,12 +158,24 @@ int run(int argc, char** argv) {
     return daemon_exit::cannot_serve;
   }
 
+  // The first SIGTERM/SIGINT stops gracefully; a second one closes every connection at once
+  // (for an operator who does not want to wait out the grace period).
   asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
-    if (ec) return;
-    NSA_INFO("%s received: finishing in-flight requests", signo == SIGTERM ? "SIGTERM" : "SIGINT");
-    server.stop();
-  });
+  std::function<void(const boost::system::error_code&, int)> on_signal =
+      [&](const boost::system::error_code& ec, int signo) {
+        if (ec) return;
+        const char* name = signo == SIGTERM ? "SIGTERM" : "SIGINT";
+        if (!server.stopping()) {
+          NSA_INFO("%s received: finishing in-flight requests (again to close connections at once)", name);
+          signals.async_wait(on_signal);  // armed before stop(), which may finish at once
+          server.stop();
+        } else {
+          NSA_WARN("second %s: closing every connection now", name);
+          server.stop(std::chrono::milliseconds(0));
+        }
+      };
+  signals.async_wait(on_signal);
+  server.on_stopped([&signals] { signals.cancel(); });
   server.start();
   NSA_INFO("serving on %s (%zu pins, %zu current verdicts, epoch %lld)", config.socket.c_str(),
            state->snapshot()->pins.size(), state->snapshot()->verdict_count(),

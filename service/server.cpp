@@ -304,7 +304,11 @@ void Server::broadcast_epoch(std::int64_t epoch) {
 }
 
 void Server::stop(std::chrono::milliseconds grace) {
-  if (m_stopping) return;
+  if (m_stopping) {
+    if (grace.count() == 0)
+      for (auto& [id, s] : m_sessions) s->abort();
+    return;
+  }
   m_stopping = true;
   error_code ec;
   m_acceptor.close(ec);
@@ -312,7 +316,10 @@ void Server::stop(std::chrono::milliseconds grace) {
   m_maintenance_timer.cancel();
   NSA_INFO("stopping: %zu connections finishing", m_sessions.size());
   for (auto& [id, s] : m_sessions) s->stop();
-  if (m_sessions.empty()) return;
+  if (m_sessions.empty()) {
+    finished_stopping();
+    return;
+  }
   m_grace_timer.expires_after(grace);
   m_grace_timer.async_wait([this](error_code ec) {
     if (ec) return;
@@ -328,7 +335,14 @@ void Server::session_ended(Session& s) {
   if (m_stats.connections_open) --m_stats.connections_open;
   NSA_DEBUG("connection %llu closed", static_cast<unsigned long long>(c.id));
   m_sessions.erase(c.id);  // the session's own coroutine still holds a reference
-  if (m_stopping && m_sessions.empty()) m_grace_timer.cancel();
+  if (m_stopping && m_sessions.empty()) {
+    m_grace_timer.cancel();
+    finished_stopping();
+  }
+}
+
+void Server::finished_stopping() {
+  if (auto f = std::exchange(m_on_stopped, nullptr)) f();
 }
 
 void Server::unlink_socket() {

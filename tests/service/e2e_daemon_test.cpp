@@ -545,5 +545,24 @@ TEST_F(DaemonTest, SigintWithAClientThatNeverReadsStillExitsZeroWithinTheGrace) 
   EXPECT_FALSE(fs::exists(d.socket()));
 }
 
+TEST_F(DaemonTest, ASecondSignalClosesEveryConnectionAtOnce) {
+  Daemon d(dir.path());
+  ASSERT_TRUE(d.start());
+  auto flooder = d.client();
+  flooder.set_timeout(200ms);
+  const std::string frame = api::encode_frame(json{{"op", "status"}});
+  std::string chunk;
+  for (int i = 0; i < 100; ++i) chunk += frame;
+  for (int i = 0; i < 50; ++i)
+    if (!flooder.send_raw(chunk)) break;
+  const auto start = std::chrono::steady_clock::now();
+  ::kill(d.pid(), SIGTERM);
+  std::this_thread::sleep_for(100ms);
+  ::kill(d.pid(), SIGTERM);
+  EXPECT_EQ(d.wait(5s), 0) << d.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s) << "the second signal should not wait out the grace";
+  EXPECT_NE(d.log().find("second SIGTERM"), std::string::npos) << d.log();
+}
+
 }  // namespace
 }  // namespace nsa::service::testing

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <expected>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -71,7 +72,12 @@ class Server final : public SessionHost {
   /// Graceful stop: stop accepting, let sessions finish what they received and flush their
   /// replies (each at most `grace`, then they are closed), stop the timers. io_context::run()
   /// returns once the last session is gone.
+  /// Called again while stopping, it shortens the grace to `grace` (0: close everything now).
   void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
+  bool stopping() const { return m_stopping; }
+  /// Called once, after stop(), when the last connection has ended (for whoever holds other
+  /// work on the io_context, like a signal wait, to release it).
+  void on_stopped(std::function<void()> f) { m_on_stopped = std::move(f); }
   /// Pushes an epoch event to every subscribed session.
   void broadcast_epoch(std::int64_t epoch);
   /// Removes the socket file (after the io_context stopped).
@@ -85,6 +91,7 @@ class Server final : public SessionHost {
   asio::awaitable<void> maintenance_loop();
   void refuse(asio::local::stream_protocol::socket& socket);
   void maintain();
+  void finished_stopping();
 
   asio::io_context& m_io;
   const Config& m_config;
@@ -99,6 +106,7 @@ class Server final : public SessionHost {
   std::uint64_t m_next_id = 1;
   bool m_listening = false;
   bool m_stopping = false;
+  std::function<void()> m_on_stopped;
 };
 
 }  // namespace nsa::service
