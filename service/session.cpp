@@ -21,11 +21,24 @@ Session::Session(Socket socket, Handler& handler, SessionHost& host, ServiceStat
 
 void Session::start() {
   auto self = shared_from_this();
+  error_code ec;
+  m_socket.non_blocking(true, ec);  // send_or_wake() must never block the daemon's thread
   asio::co_spawn(m_socket.get_executor(), [self]() { return self->read_loop(); }, asio::detached);
   asio::co_spawn(m_socket.get_executor(), [self]() { return self->write_loop(); }, asio::detached);
 }
 
 void Session::wake_writer() { m_wake.cancel(); }
+
+void Session::send_or_wake() {
+  // The common case is one small reply and an idle writer: write it from here, without the hop
+  // to the writer coroutine. What the socket does not take at once is left to the writer.
+  if (m_writing == 0 && !m_outbox.empty() && !m_closed) {
+    error_code ec;
+    std::size_t n = m_socket.write_some(asio::buffer(m_outbox), ec);
+    if (!ec) m_outbox.erase(0, n);
+  }
+  if (!m_outbox.empty()) wake_writer();
+}
 
 void Session::push(std::string frame) {
   if (m_closed || m_reader_done) return;
@@ -94,7 +107,7 @@ asio::awaitable<void> Session::read_loop() {
         if (m_closed) co_return;
       }
     }
-    if (answered) wake_writer();
+    if (answered) send_or_wake();
     // A frame's clock starts with its first byte: restart it whenever a frame completed in this
     // read (the bytes held back now begin a new one).
     if (m_reader.pending() == 0) {

@@ -72,6 +72,7 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<void> read_loop();
   asio::awaitable<void> write_loop();
   void wake_writer();
+  void send_or_wake();
   void close_socket();
 
   Socket m_socket;
