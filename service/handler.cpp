@@ -239,24 +239,35 @@ void Handler::answer_dispatch(const json& id, const std::vector<api::Problem>& p
   }
   const std::int64_t now = now_unix();
   // The reply is written by hand, keys in the order nlohmann would sort them, so a memoized
-  // answer is copied as text instead of being rebuilt as a document.
-  out += "{\"answers\":[";
-  for (std::size_t i = 0; i < problems.size(); ++i) {
-    auto it = m_memo.find(problems[i]);
-    if (it == m_memo.end()) {
-      Decision d = decide(*snapshot, problems[i]);
-      MemoEntry e{api::to_json(d.answer).dump(-1, ' ', false, json::error_handler_t::replace), std::move(d.demand)};
-      it = m_memo.emplace(problems[i], std::move(e)).first;
+  // answer is copied as text instead of being rebuilt as a document. If anything throws half way
+  // (out of memory), the partial text is taken back and an error reply goes out instead: the
+  // stream never carries half a frame.
+  const std::size_t rollback = out.size();
+  try {
+    out += "{\"answers\":[";
+    for (std::size_t i = 0; i < problems.size(); ++i) {
+      auto it = m_memo.find(problems[i]);
+      if (it == m_memo.end()) {
+        Decision d = decide(*snapshot, problems[i]);
+        MemoEntry e{api::to_json(d.answer).dump(-1, ' ', false, json::error_handler_t::replace), std::move(d.demand)};
+        it = m_memo.emplace(problems[i], std::move(e)).first;
+      }
+      if (it->second.demand) m_state.note_demand(*it->second.demand, now);
+      if (i) out += ',';
+      out += it->second.json;
     }
-    if (it->second.demand) m_state.note_demand(*it->second.demand, now);
-    if (i) out += ',';
-    out += it->second.json;
+    out += "],\"epoch\":";
+    out += std::to_string(snapshot->epoch);
+    out += ",\"id\":";
+    out += id.dump(-1, ' ', false, json::error_handler_t::replace);
+    out += ",\"ok\":true}\n";
+  } catch (const std::exception& e) {
+    out.resize(rollback);
+    NSA_ERROR("dispatch failed: %s", e.what());
+    count_error();
+    out += api::encode_frame(api::error_reply(id, errc::internal, std::string("internal error: ") + e.what()));
+    return;
   }
-  out += "],\"epoch\":";
-  out += std::to_string(snapshot->epoch);
-  out += ",\"id\":";
-  out += id.dump(-1, ' ', false, json::error_handler_t::replace);
-  out += ",\"ok\":true}\n";
   m_stats.problems += problems.size();
 }
 
