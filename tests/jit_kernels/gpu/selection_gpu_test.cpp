@@ -37,17 +37,6 @@ using namespace nsa::jit;
 
 namespace {
 
-int sticky_child_main();
-
-// Child mode (see IllegalAddressIsReportedAsSticky): answer and exit before GoogleTest starts.
-const bool kChildHook = [] {
-  if (std::getenv("NSA_GPU_STICKY_CHILD")) {
-    const int rc = sticky_child_main();
-    std::fflush(stdout);  // _Exit skips stdio flushing, and stdout is a pipe here
-    std::_Exit(rc);
-  }
-  return true;
-}();
 
 /// Everything a case needs from the device, set up once per process.
 struct Gpu {
@@ -425,6 +414,9 @@ TEST(LargeOffsets, KAndVBeyond2To31ElementsAreAddressedIn64Bits) {
 // Faults ------------------------------------------------------------------------------------------
 
 /// Child: launches the reference design with K pointing at unmapped memory and prints the error.
+/// Runs as a test of its own (FaultsChild.*) in a child process started by the test below, so
+/// that every static of the program is initialised before it runs and the parent's context
+/// stays clean.
 int sticky_child_main() {
   auto ctx = Context::retain_primary(0);
   if (!ctx) return std::printf("setup failed: %s\n", ctx.error().message().c_str()), 1;
@@ -433,12 +425,14 @@ int sticky_child_main() {
   auto shape = make_shape(1, 1, 64, 1, 1, 64, 64, 32, 1);
   const auto v = default_variant(Design::reference, family, probe_devices().devices.at(0).arch);
   auto cubin = compile_to_cubin(v);
-  if (!cubin || !stream) return std::printf("setup failed\n"), 1;
+  if (!stream) return std::printf("setup failed: %s\n", stream.error().message().c_str()), 1;
+  if (!cubin) return std::printf("setup failed: compile: %s\n", cubin.error().log.c_str()), 1;
   std::mt19937_64 rng(1);
   auto host = HostProblem::random(shape, family.dtype, SelectionPattern::random, rng);
   auto device = DeviceProblem::upload(host);
   auto loaded = LoadedVariant::load(v, *cubin, runtime_of(shape));
-  if (!device || !loaded) return std::printf("setup failed\n"), 1;
+  if (!device) return std::printf("setup failed: upload: %s\n", device.error().message().c_str()), 1;
+  if (!loaded) return std::printf("setup failed: load: %s\n", loaded.error().message().c_str()), 1;
   // A valid launch first: the driver, module and plan are fine.
   if (auto ok = loaded->launch(*device, *stream); !ok || !stream->synchronize())
     return std::printf("valid launch failed\n"), 1;
@@ -451,11 +445,18 @@ int sticky_child_main() {
   return 0;
 }
 
+TEST(FaultsChild, LaunchWithUnmappedK) {
+  if (!std::getenv("NSA_GPU_STICKY_CHILD")) GTEST_SKIP() << "runs only as the child of Faults.IllegalAddressIsReportedAsSticky";
+  const int rc = sticky_child_main();
+  std::fflush(stdout);
+  std::_Exit(rc);  // the context is ruined: leave without tearing anything down
+}
+
 TEST(Faults, IllegalAddressIsReportedAsSticky) {
   REQUIRE_GPU();
   // In a child process: a sticky error ruins the context of the process that meets it.
   const auto self = std::filesystem::read_symlink("/proc/self/exe").string();
-  FILE* pipe = popen(("NSA_GPU_STICKY_CHILD=1 '" + self + "' 2>&1").c_str(), "r");
+  FILE* pipe = popen(("NSA_GPU_STICKY_CHILD=1 '" + self + "' --gtest_filter=FaultsChild.* 2>&1").c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string out;
   std::array<char, 512> buf{};
