@@ -4,7 +4,9 @@
 #include "nsa/jit/kernel_variant.hpp"
 
 #include <cctype>
+#include <charconv>
 #include <string>
+#include <vector>
 
 namespace nsa::jit {
 
@@ -45,6 +47,73 @@ std::string KernelVariant::key() const {
   for (char c : arch)
     if (c != '_') k += c;
   return k;
+}
+
+namespace {
+
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  for (;;) {
+    const auto at = s.find(sep);
+    out.push_back(s.substr(0, at));
+    if (at == std::string_view::npos) return out;
+    s.remove_prefix(at + 1);
+  }
+}
+
+/// Splits "warps4" into ("warps", 4): lower-case letters, then a decimal integer.
+bool split_knob(std::string_view s, std::string& name, int& value) {
+  std::size_t i = 0;
+  while (i < s.size() && s[i] >= 'a' && s[i] <= 'z') ++i;
+  if (i == 0 || i == s.size()) return false;
+  name = std::string(s.substr(0, i));
+  const auto digits = s.substr(i);
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+  return ec == std::errc() && end == digits.data() + digits.size();
+}
+
+}  // namespace
+
+std::optional<KernelVariant> KernelVariant::parse(std::string_view key) {
+  const auto parts = split(key, '.');
+  if (parts.size() != 5 || parts[0] != "sel_fwd") return std::nullopt;
+  KernelVariant v;
+  bool found = false;
+  for (Design d : {Design::reference, Design::sdpa_packed, Design::query_outer, Design::split_kv,
+                   Design::prefill_shared})
+    if (to_string(d) == parts[1]) {
+      v.design = d;
+      found = true;
+    }
+  if (!found) return std::nullopt;
+  // The family: dqk128_dv128_h16_blk64_n16_bf16
+  const auto spec = split(parts[2], '_');
+  if (spec.size() != 6) return std::nullopt;
+  const std::pair<const char*, int*> fields[] = {{"dqk", &v.spec.d_qk}, {"dv", &v.spec.d_v}, {"h", &v.spec.h},
+                                                 {"blk", &v.spec.block}, {"n", &v.spec.n}};
+  for (std::size_t i = 0; i < 5; ++i) {
+    std::string name;
+    int value = 0;
+    if (!split_knob(spec[i], name, value) || name != fields[i].first) return std::nullopt;
+    *fields[i].second = value;
+  }
+  if (spec[5] == "bf16") v.spec.dtype = ElemType::bf16;
+  else if (spec[5] == "fp16") v.spec.dtype = ElemType::fp16;
+  else return std::nullopt;
+  if (parts[3] != "default") {
+    for (auto k : split(parts[3], '_')) {
+      std::string name;
+      int value = 0;
+      if (!split_knob(k, name, value)) return std::nullopt;
+      v.knobs.emplace_back(std::move(name), value);
+    }
+  }
+  // The arch: "sm90" / "sm90a" back to "sm_90" / "sm_90a".
+  if (parts[4].size() < 4 || parts[4].substr(0, 2) != "sm") return std::nullopt;
+  v.arch = "sm_" + std::string(parts[4].substr(2));
+  // Whatever key() would spell differently ("dqk0128", "sm_90" written "sm9_0") is not a key.
+  if (v.key() != key) return std::nullopt;
+  return v;
 }
 
 int KernelVariant::knob(const std::string& name, int fallback) const {

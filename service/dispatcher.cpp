@@ -1,6 +1,5 @@
 #include "nsa/service/dispatcher.hpp"
 
-#include <charconv>
 #include <cstdio>
 #include <set>
 #include <stdexcept>
@@ -81,31 +80,6 @@ std::string base_arch(const std::string& arch) {
   return arch;
 }
 
-bool parse_int(std::string_view s, int& out) {
-  if (s.empty()) return false;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && p == s.data() + s.size();
-}
-
-/// Splits "abc123" into ("abc", 123).
-bool split_knob(std::string_view s, std::string& name, int& value) {
-  std::size_t i = 0;
-  while (i < s.size() && s[i] >= 'a' && s[i] <= 'z') ++i;
-  if (i == 0 || i == s.size()) return false;
-  name = std::string(s.substr(0, i));
-  return parse_int(s.substr(i), value);
-}
-
-std::vector<std::string_view> split(std::string_view s, char sep) {
-  std::vector<std::string_view> out;
-  for (;;) {
-    auto at = s.find(sep);
-    out.push_back(s.substr(0, at));
-    if (at == std::string_view::npos) return out;
-    s.remove_prefix(at + 1);
-  }
-}
-
 nlohmann::json dims(const unsigned (&d)[3]) { return nlohmann::json::array({d[0], d[1], d[2]}); }
 
 Decision untuned(const std::string& arch, const std::string& family, const api::Point& point,
@@ -121,48 +95,8 @@ Decision untuned(const std::string& arch, const std::string& family, const api::
 
 }  // namespace
 
-std::optional<jit::KernelVariant> parse_variant_key(std::string_view key) {
-  auto parts = split(key, '.');
-  if (parts.size() != 5 || parts[0] != "sel_fwd") return std::nullopt;
-  jit::KernelVariant v;
-  bool found = false;
-  for (jit::Design d : jit::all_designs())
-    if (jit::to_string(d) == parts[1]) {
-      v.design = d;
-      found = true;
-    }
-  if (!found) return std::nullopt;
-  // Spec: dqk128_dv128_h16_blk64_n16_bf16
-  auto spec = split(parts[2], '_');
-  if (spec.size() != 6) return std::nullopt;
-  const std::pair<const char*, int*> fields[] = {{"dqk", &v.spec.d_qk}, {"dv", &v.spec.d_v}, {"h", &v.spec.h},
-                                                 {"blk", &v.spec.block}, {"n", &v.spec.n}};
-  for (std::size_t i = 0; i < 5; ++i) {
-    std::string name;
-    int value = 0;
-    if (!split_knob(spec[i], name, value) || name != fields[i].first) return std::nullopt;
-    *fields[i].second = value;
-  }
-  if (spec[5] == "bf16") v.spec.dtype = jit::ElemType::bf16;
-  else if (spec[5] == "fp16") v.spec.dtype = jit::ElemType::fp16;
-  else return std::nullopt;
-  if (parts[3] != "default") {
-    for (auto k : split(parts[3], '_')) {
-      std::string name;
-      int value = 0;
-      if (!split_knob(k, name, value)) return std::nullopt;
-      v.knobs.emplace_back(std::move(name), value);
-    }
-  }
-  // Arch: "sm90" / "sm90a" back to "sm_90" / "sm_90a".
-  if (parts[4].size() < 4 || parts[4].substr(0, 2) != "sm") return std::nullopt;
-  v.arch = "sm_" + std::string(parts[4].substr(2));
-  if (v.key() != key) return std::nullopt;  // anything key() would not produce
-  return v;
-}
-
 std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem& p) {
-  auto v = parse_variant_key(variant_key);
+  auto v = jit::KernelVariant::parse(variant_key);
   if (!v) return std::unexpected("'" + variant_key + "' is not a variant key of this build");
   jit::LaunchPlan plan;
   try {

@@ -88,3 +88,54 @@ TEST(KernelVariant, EveryCatalogVariantHasItsOwnKey) {
       }
   EXPECT_GT(total, 0u);
 }
+
+TEST(KernelVariant, ParseReadsBackEveryKeyTheCatalogMakes) {
+  std::size_t checked = 0;
+  for (const char* arch : {"sm_80", "sm_89", "sm_90", "sm_90a"})
+    for (auto dtype : {ElemType::bf16, ElemType::fp16})
+      for (int dqk : {128, 192}) {
+        FamilySpec f{dtype, dqk, 128, 16, 64, 16};
+        for (const auto& v : all_variants(f, arch)) {
+          auto parsed = KernelVariant::parse(v.key());
+          ASSERT_TRUE(parsed) << v.key();
+          EXPECT_EQ(parsed->key(), v.key());
+          EXPECT_EQ(parsed->design, v.design);
+          EXPECT_EQ(parsed->spec, v.spec);
+          EXPECT_EQ(parsed->knobs, v.knobs);
+          EXPECT_EQ(parsed->arch, arch);
+          ++checked;
+        }
+      }
+  EXPECT_GT(checked, 40u);
+  // A variant without knobs round-trips through its "default" segment; so does a hand-made one.
+  KernelVariant plain;
+  plain.design = Design::reference;
+  plain.arch = "sm_80";
+  auto p = KernelVariant::parse(plain.key());
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(p->knobs.empty());
+  EXPECT_EQ(p->arch, "sm_80");
+  auto s = KernelVariant::parse(sample().key());
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->knobs, sample().knobs);
+  EXPECT_EQ(s->spec, sample().spec);
+  EXPECT_EQ(s->arch, "sm_90a");
+}
+
+TEST(KernelVariant, ParseRejectsWhatKeyWouldNotProduce) {
+  for (const char* bad : {"", "sel_fwd", "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps4.sm90.x",
+                          "sel_bwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps4.sm90",
+                          "sel_fwd.bogus.dqk128_dv128_h16_blk64_n16_bf16.warps4.sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf32.warps4.sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16.warps4.sm90",
+                          "sel_fwd.query_outer.dv128_dqk128_h16_blk64_n16_bf16.warps4.sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps4.gfx90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps4.sm",
+                          "sel_fwd.query_outer.dqk0128_dv128_h16_blk64_n16_bf16.warps4.sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps.sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.4warps.sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps+4.sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16..sm90",
+                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps99999999999.sm90"})
+    EXPECT_FALSE(KernelVariant::parse(bad)) << bad;
+}

@@ -169,7 +169,7 @@ TEST(Dispatcher, MeasuredSparseVerdictAnswersWithVariantSpeedupRunAndALaunchForT
   EXPECT_EQ(d.answer.arch, "sm_90");
   ASSERT_TRUE(d.answer.launch.is_object()) << d.answer.launch.dump();
   ASSERT_FALSE(d.answer.launch["launches"].empty());
-  const auto expected = jit::plan_for(*parse_variant_key(variant), jit::RuntimeShape{8, 1, 32768, 4});
+  const auto expected = jit::plan_for(*jit::KernelVariant::parse(variant), jit::RuntimeShape{8, 1, 32768, 4});
   EXPECT_EQ(d.answer.launch["launches"][0]["grid"][0].get<unsigned>(), expected.launches[0].grid[0]);
   EXPECT_EQ(d.answer.launch["launches"][0]["entry"], expected.launches[0].entry);
   EXPECT_FALSE(d.demand);
@@ -279,32 +279,6 @@ TEST(Dispatcher, PinnedDeviceArchIsPinnedWhateverTheVerdicts) {
   Decision d = decide(s, at);
   EXPECT_EQ(d.answer.provenance, Provenance::pinned);
   EXPECT_EQ(d.answer.backend, Backend::sdpa);
-}
-
-TEST(VariantKey, ParsesEveryKeyTheCatalogMakesAndRejectsOthers) {
-  jit::FamilySpec spec;
-  spec.d_qk = 192;
-  spec.d_v = 128;
-  int checked = 0;
-  for (jit::Design design : jit::all_designs()) {
-    for (const auto& v : jit::variants_for(spec, "sm_90", design)) {
-      auto parsed = parse_variant_key(v.key());
-      ASSERT_TRUE(parsed) << v.key();
-      EXPECT_EQ(parsed->key(), v.key());
-      EXPECT_EQ(parsed->design, v.design);
-      EXPECT_EQ(parsed->spec, v.spec);
-      EXPECT_EQ(parsed->knobs, v.knobs);
-      EXPECT_EQ(parsed->arch, "sm_90");
-      ++checked;
-    }
-  }
-  EXPECT_GT(checked, 10);
-  for (const char* bad : {"", "sel_fwd", "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps4.sm90.x",
-                          "sel_fwd.bogus.dqk128_dv128_h16_blk64_n16_bf16.warps4.sm90",
-                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf32.warps4.sm90",
-                          "sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.warps4.gfx90",
-                          "sel_fwd.query_outer.dqk0128_dv128_h16_blk64_n16_bf16.warps4.sm90"})
-    EXPECT_FALSE(parse_variant_key(bad)) << bad;
 }
 
 }  // namespace

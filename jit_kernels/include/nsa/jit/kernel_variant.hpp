@@ -5,7 +5,9 @@
 // The runtime part of a problem (batch, T_q, T_kv, H_kv) is a kernel argument, never a constant.
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -40,6 +42,12 @@ struct KernelVariant {
 
   /// "sel_fwd.<design>.<spec>.<knob><value>_....<arch without '_'>"
   std::string key() const;
+  /// The inverse of key(): parse(v.key()) == v for every variant. nullopt for any text key()
+  /// would not produce (a leading zero, an unknown design or dtype, a missing part), so a key
+  /// read back from the store or a reply either names exactly one variant or none. Knobs are
+  /// not checked against the catalog (a key of another build may carry knobs this one lacks;
+  /// jit::plan_for says so when asked to plan it).
+  static std::optional<KernelVariant> parse(std::string_view key);
   int knob(const std::string& name, int fallback) const;
   /// "#define NSA_DQK 128\n#define NSA_KNOB_WARPS 4\n..." prepended to the design's source:
   /// NSA_DQK NSA_DV NSA_H NSA_BLOCK NSA_N NSA_DTYPE_BF16|NSA_DTYPE_FP16 and NSA_KNOB_<NAME>.

@@ -81,12 +81,8 @@ struct Decision {
 /// target at all asks about device 0.
 Decision decide(const Snapshot&, const api::Problem&);
 
-/// Inverse of jit::KernelVariant::key() ("sel_fwd.query_outer.dqk128_dv128_h16_blk64_n16_bf16.
-/// warps4_stages2.sm90"); nullopt for anything key() would not produce. Verdicts name their
-/// variant by key, and the launch plan needs the variant back.
-std::optional<jit::KernelVariant> parse_variant_key(std::string_view key);
-
-/// The answer's "launch" object for a variant on a problem's run-time shape:
+/// The answer's "launch" object for a variant (its key, read back with jit::KernelVariant::parse)
+/// on a problem's run-time shape:
 /// {"launches":[{"entry","grid","block","shared_bytes"}...],"workspace_bytes"}. The error says
 /// why a variant cannot be planned (an unparsable key, knobs the catalog rejects).
 std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem&);
