@@ -27,15 +27,21 @@ struct Knob {
 const std::vector<Knob>& knobs_of(Design d) {
   static const std::vector<Knob> none;
   static const std::vector<Knob> dense = {{"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {3, 2, 4}}};
-  // Two warps with 32-key tiles give split_kv the most CTAs per row when h <= 16.
+  // query_outer adds the L2 hint: evict-first pays in decode (every byte read once) and costs in
+  // prefill (neighbouring queries re-read blocks from L2), so it is off by default.
+  static const std::vector<Knob> outer = {
+      {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {3, 2, 4}}, {"evict", {0, 1}}};
+  // Two warps with 32-key tiles give split_kv the most CTAs per row when h <= 16; split 2 and
+  // stages 4 are for batches that nearly fill the GPU (B=16: 64 rows), where each CTA streams
+  // several tiles and wants more of them in flight.
   static const std::vector<Knob> split = {
-      {"split", {8, 16, 4, 32}}, {"warps", {4, 2}}, {"tile", {64, 32}}, {"stages", {2, 3}}};
+      {"split", {8, 16, 4, 32, 2}}, {"warps", {4, 2}}, {"tile", {64, 32}}, {"stages", {2, 3, 4}}};
   static const std::vector<Knob> prefill = {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
   switch (d) {
     case Design::reference: return none;
-    case Design::sdpa_packed:
-    case Design::query_outer: return dense;
+    case Design::sdpa_packed: return dense;
+    case Design::query_outer: return outer;
     case Design::split_kv: return split;
     case Design::prefill_shared: return prefill;
   }
@@ -263,8 +269,8 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       break;
     case Design::split_kv: {
       const int split = knob_value(v, "split");
-      plan.launches.push_back(launch("nsa_split_kv_partial", rows * split, engine_threads, engine_smem(v)));
-      plan.launches.push_back(launch("nsa_split_kv_combine", (rows * s.h + 3) / 4, 128, 0));
+      // One launch: the last CTA of each row merges the row's partials (split_kv.cu).
+      plan.launches.push_back(launch("nsa_split_kv", rows * split, engine_threads, engine_smem(v)));
       plan.workspace_bytes = static_cast<std::uint64_t>(L::split_workspace_bytes(rows, split, s.h, s.d_v));
       break;
     }

@@ -29,11 +29,15 @@
 //
 // Shared memory (layout.cuh): [Q: MT*16 rows][STAGES x (K: TILE rows, V: TILE rows)], rows padded
 // by 8 elements (conflict-free ldmatrix); the fp32 merge buffer reuses it after the loop.
+//
+// L2 hint. With EVICT_FIRST the K/V tile copies carry an evict-first L2 policy: right for a
+// stream read once (decode), wrong where neighbouring rows re-read the same blocks (prefill),
+// so it is a design knob and the tuner decides. Q copies never carry it.
 #pragma once
 
 #include "common.cuh"
 
-template <int MT, int WARPS, int TILE, int STAGES>
+template <int MT, int WARPS, int TILE, int STAGES, bool EVICT_FIRST = false>
 struct AttentionCore {
   static constexpr int WM = nsa_layout::warps_m(MT, WARPS);
   static constexpr int WN = nsa_layout::warps_n(MT, WARPS);
@@ -63,6 +67,7 @@ struct AttentionCore {
   float* red_o;
   float* red_ml;
   int tid, lane, warp, wm, wn;
+  unsigned long long l2_policy;  // evict-first policy (EVICT_FIRST only)
 
   float o[MTW][DV / 8][4];
   float m_run[MTW][2];
@@ -80,6 +85,16 @@ struct AttentionCore {
     warp = tid >> 5;
     wm = warp % WM;
     wn = warp / WM;
+    l2_policy = EVICT_FIRST ? l2_evict_first_policy() : 0ull;
+  }
+
+  /// One 16-byte K/V copy, with the evict-first hint when the variant asks for it.
+  __device__ __forceinline__ void copy_kv_16(u32 dst, const elem_t* src, bool valid) const {
+    if constexpr (EVICT_FIRST) {
+      cp_async_16_hint(dst, src, valid, l2_policy);
+    } else {
+      cp_async_16(dst, src, valid);
+    }
   }
 
   /// Clears the running statistics for a new unit of work.
@@ -124,14 +139,14 @@ struct AttentionCore {
       const int r = i / KCH, ch = i % KCH;
       const long long key = key_of(r);
       const elem_t* src = key >= 0 ? k_base + key * k_stride + ch * 8 : k_base;
-      cp_async_16(smem_addr(ks + r * KSTR + ch * 8), src, key >= 0);
+      copy_kv_16(smem_addr(ks + r * KSTR + ch * 8), src, key >= 0);
     }
 #pragma unroll 4
     for (int i = tid; i < TILE * VCH; i += THREADS) {
       const int r = i / VCH, ch = i % VCH;
       const long long key = key_of(r);
       const elem_t* src = key >= 0 ? v_base + key * v_stride + ch * 8 : v_base;
-      cp_async_16(smem_addr(vs + r * VSTR + ch * 8), src, key >= 0);
+      copy_kv_16(smem_addr(vs + r * VSTR + ch * 8), src, key >= 0);
     }
   }
 

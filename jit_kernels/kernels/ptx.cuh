@@ -46,6 +46,23 @@ __device__ __forceinline__ void cp_async_16(u32 dst, const void* src, bool valid
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
                : "memory");
 }
+/// An L2 eviction policy that marks the lines it touches first to go ("evict_first", for the
+/// whole access: fraction 1.0). Decode reads every selected K/V byte exactly once; marking those
+/// lines evict-first keeps them from displacing what is reused (block_idx, Q, the split
+/// partials, and in mixed traffic other kernels' working sets).
+__device__ __forceinline__ unsigned long long l2_evict_first_policy() {
+  unsigned long long policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+/// cp_async_16 with an L2 cache policy from l2_evict_first_policy() (a hint: the data and the
+/// zero-fill are exactly those of cp_async_16).
+__device__ __forceinline__ void cp_async_16_hint(u32 dst, const void* src, bool valid, unsigned long long policy) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes), "l"(policy)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 /// Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
@@ -121,4 +138,16 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+// ---- grid identity -----------------------------------------------------------------------------
+
+/// The temporal launch number of this grid in its context (PTX %gridid): the same for every CTA
+/// of one launch, different for the launches around it. split_kv tags its arrival counters with
+/// it so that a counter left in any state (poisoned, uninitialised, or by an aborted launch) is
+/// never mistaken for arrivals of the current launch.
+__device__ __forceinline__ unsigned long long grid_launch_id() {
+  unsigned long long id;
+  asm volatile("mov.u64 %0, %%gridid;\n" : "=l"(id));
+  return id;
 }

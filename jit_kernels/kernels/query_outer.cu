@@ -6,16 +6,19 @@
 // (attention_core.cuh). CTAs are numbered (b, g, t) with t fastest, so neighbouring queries of
 // one group, which share blocks, run close in time and meet in L2.
 //
-// Knobs: NSA_KNOB_WARPS (4, 8), NSA_KNOB_TILE (32, 64, 128 keys), NSA_KNOB_STAGES (2..4).
+// Knobs: NSA_KNOB_WARPS (4, 8), NSA_KNOB_TILE (32, 64, 128 keys), NSA_KNOB_STAGES (2..4),
+// NSA_KNOB_EVICT (1: K/V copies carry the L2 evict-first hint, for decode, where each selected
+// byte is read once; 0: plain copies, for prefill, where neighbouring queries re-read blocks).
 // Launch: grid.x = min(rows, 2^31-1) (CTAs loop over rows), block = 32 * warps,
 // dynamic shared memory = nsa_layout::query_outer_smem(...). No workspace.
 #include "selected_row.cuh"
 
-#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_TILE) || !defined(NSA_KNOB_STAGES)
-#error "query_outer.cu needs the knobs warps, tile and stages (jit_kernels/catalog.cpp)"
+#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_TILE) || !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_EVICT)
+#error "query_outer.cu needs the knobs warps, tile, stages and evict (jit_kernels/catalog.cpp)"
 #endif
 
-using Core = AttentionCore<nsa_layout::m_tiles(H), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES>;
+using Core =
+    AttentionCore<nsa_layout::m_tiles(H), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES, NSA_KNOB_EVICT != 0>;
 
 extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_query_outer(const SelectionParams p) {
   constexpr long long kExtras = nsa_layout::row_list_bytes(NSEL);

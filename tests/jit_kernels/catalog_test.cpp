@@ -159,21 +159,55 @@ TEST(Catalog, RowWisePlansLaunchOneCtaPerRow) {
   EXPECT_EQ(ref.launches[0].grid[0], 64u * 4u * 16u);  // one CTA per (b, t, query head)
 }
 
-TEST(Catalog, SplitKvPlansPartialsThenCombineWithTheirWorkspace) {
+TEST(Catalog, SplitKvIsOneLaunchWhoseWorkspaceEndsWithAlignedCounters) {
   KernelVariant v = default_variant(Design::split_kv, kDecode, "sm_90");
   const int split = v.knob("split", 0);
   ASSERT_GT(split, 1);
   const RuntimeShape shape{1, 1, 32768, 4};
   const LaunchPlan plan = plan_for(v, shape);
-  ASSERT_EQ(plan.launches.size(), 2u);
-  EXPECT_EQ(plan.launches[0].entry, "nsa_split_kv_partial");
+  // The combine is fused into the partial kernel (the last CTA of a row merges): one launch.
+  ASSERT_EQ(plan.launches.size(), 1u);
+  EXPECT_EQ(plan.launches[0].entry, "nsa_split_kv");
   EXPECT_EQ(plan.launches[0].grid[0], 4u * static_cast<unsigned>(split));
-  EXPECT_EQ(plan.launches[1].entry, "nsa_split_kv_combine");
-  EXPECT_EQ(plan.launches[1].grid[0], 4u * 16u / 4u);  // one warp per (row, head), 4 warps a CTA
-  // fp32 O [rows][split][h][D_v], then m and l [rows][split][h].
+  // fp32 O [rows][split][h][D_v], then m and l [rows][split][h], then a 64-bit counter per row.
   const std::uint64_t partials = 4ull * split * 16;
-  EXPECT_GE(plan.workspace_bytes, partials * (128 + 2) * 4);
-  EXPECT_LE(plan.workspace_bytes, partials * (128 + 2) * 4 + 512);
+  EXPECT_GE(plan.workspace_bytes, partials * (128 + 2) * 4 + 4 * 8);
+  EXPECT_LE(plan.workspace_bytes, partials * (128 + 2) * 4 + 4 * 8 + 512);
+  namespace L = nsa_layout;
+  // Counters are 64-bit atomics: 8-byte aligned for every shape, after the l array, inside the
+  // workspace (odd row, split and head counts included).
+  for (long long rows : {1LL, 3LL, 7LL, 64LL})
+    for (int sp : {2, 3, 16, 32})
+      for (int h : {1, 5, 16})
+        for (int dv : {16, 128, 240}) {
+          const long long c = L::split_counter_offset(rows, sp, h, dv);
+          EXPECT_EQ(c % 8, 0) << rows << " " << sp << " " << h << " " << dv;
+          EXPECT_GE(c, L::split_l_offset(rows, sp, h, dv) + rows * sp * h * 4);
+          EXPECT_GE(L::split_workspace_bytes(rows, sp, h, dv), c + rows * 8);
+        }
+}
+
+TEST(Catalog, EvictFirstIsAQueryOuterKnobOffByDefault) {
+  std::set<int> values;
+  for (const auto& v : variants_for(kDecode, "sm_90", Design::query_outer)) values.insert(v.knob("evict", -1));
+  EXPECT_EQ(values, (std::set<int>{0, 1}));
+  // Off by default: prefill re-reads blocks from L2, which evict-first would throw out.
+  EXPECT_EQ(default_variant(Design::query_outer, kDecode, "sm_90").knob("evict", -1), 0);
+  // The baseline has no such knob (it must stay the plain, strong bar).
+  EXPECT_EQ(default_variant(Design::sdpa_packed, kDecode, "sm_90").knob("evict", -1), -1);
+}
+
+TEST(Catalog, SplitKvOffersSplitsFromTwoToThirtyTwoAndDeeperPipelines) {
+  std::set<int> splits, stages;
+  for (const auto& v : variants_for(kDecode, "sm_90", Design::split_kv)) {
+    splits.insert(v.knob("split", 0));
+    stages.insert(v.knob("stages", 0));
+  }
+  EXPECT_EQ(splits, (std::set<int>{2, 4, 8, 16, 32}));
+  EXPECT_EQ(stages, (std::set<int>{2, 3, 4}));
+  // Four stages of 64-key tiles do not fit 99 KiB: sm_86 is offered only shallower settings.
+  for (const auto& v : variants_for(kDecode, "sm_86", Design::split_kv))
+    EXPECT_LE(shared_bytes_for(v), static_cast<unsigned>(99 * 1024)) << v.key();
 }
 
 TEST(Catalog, PackedBaselineReservesPackedRowsAndLengths) {

@@ -14,11 +14,14 @@
 //   query_outer     warps   4, 8              CTA of one (b, g, t) row: warps split the key
 //                   tile    64, 128, 32         columns of each tile (and the h rows when h > 16)
 //                   stages  3, 2, 4           cp.async pipeline depth
-//   split_kv        split   8, 16, 4, 32      CTAs per (b, g, t) row, each a contiguous share of
-//                                               the row's tiles; a combine kernel merges them
+//                   evict   0, 1              1: K/V copies carry the L2 evict-first hint
+//                                               (decode); 0: plain (prefill re-reads blocks)
+//   split_kv        split   8, 16, 4, 32, 2   CTAs per (b, g, t) row, each a contiguous share of
+//                                               the row's tiles; the row's last CTA to finish
+//                                               merges the partials (one launch)
 //                   warps   4, 2              (2 warps allow 32-key tiles when h <= 16)
 //                   tile    64, 32
-//                   stages  2, 3
+//                   stages  2, 3, 4           (K/V copies always evict-first)
 //   prefill_shared  qtile   4, 2, 8, 1        consecutive query rows per CTA (qtile*h <= 128):
 //                                               the union of their selected blocks is loaded once
 //                   warps   4, 8
