@@ -27,6 +27,7 @@
 
 #include "nsa/cache/verdict_store.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <ctime>
 #include <mutex>
@@ -947,6 +948,21 @@ std::vector<RetuneRequest> VerdictStore::pending_retunes() const {
         "WHERE completed_at = 0 ORDER BY id");
     std::vector<RetuneRequest> out;
     while (s.step("read retune requests"))
+      out.push_back(RetuneRequest{s.column_int64(0), s.column_text(1), s.column_text(2),
+                                  s.column_int64(3), s.column_int64(4), s.column_text(5)});
+    return out;
+  });
+}
+
+std::vector<RetuneRequest> VerdictStore::recent_retunes(std::size_t limit) const {
+  std::lock_guard lock(m_impl->mutex);
+  return reading(m_impl->path, [&] {
+    auto s = m_impl->db.prepare(
+        "SELECT id, scope, requested_by, requested_at, completed_at, outcome FROM retune_requests "
+        "ORDER BY id DESC LIMIT ?");
+    s.bind(1, static_cast<std::int64_t>(std::min<std::size_t>(limit, 1000000)));
+    std::vector<RetuneRequest> out;
+    while (s.step("read recent retune requests"))
       out.push_back(RetuneRequest{s.column_int64(0), s.column_text(1), s.column_text(2),
                                   s.column_int64(3), s.column_int64(4), s.column_text(5)});
     return out;

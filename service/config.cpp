@@ -28,8 +28,11 @@ Environment:
   NSA_TUNE_LOG_LEVEL    same as --log-level
   NSA_TUNE_NO_TUNE      1/true/yes/on = --no-tune, 0/false/no/off = tune
   NSA_TUNE_ADMIN_GROUP  same as --admin-group
+  NSA_TUNE_WORKER       the tuner's worker binary (default: nsa-tune-worker next to nsa-tuned)
+  NSA_TUNE_EXPERIMENTAL_PINNED  1 = also tune pinned archs, as stored experiments (research)
 Config file: one JSON object with the keys state_dir, socket, log_level, no_tune, admin_group,
-  max_connections, frame_timeout_ms, demand_flush_ms (paths relative to the file's directory).
+  max_connections, frame_timeout_ms, demand_flush_ms (paths relative to the file's directory),
+  and "tuning": the tuner's settings (docs/tuning.md, "Configuration").
 Exit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 cannot serve (another daemon holds the socket
   or state dir, the socket cannot be bound), 2 store error, 64 usage or configuration error.
 See docs/operations.md.)";
@@ -146,10 +149,20 @@ std::expected<Settings, std::string> settings_from_file(const std::filesystem::p
       (key == "max_connections" ? s.max_connections
        : key == "frame_timeout_ms" ? s.frame_timeout_ms
                                    : s.demand_flush_ms) = *v;
+    } else if (key == "tuning") {
+      if (!value.is_object())
+        return std::unexpected(where(key) + " must be an object of tuner settings (docs/tuning.md, \"Configuration\")");
+      nlohmann::json t = value;
+      // Like the other paths of the file: relative to the file's directory.
+      if (auto w = t.find("worker"); w != t.end() && w->is_string() && !w->get_ref<const std::string&>().empty()) {
+        std::filesystem::path p = w->get<std::string>();
+        if (p.is_relative() && p.has_parent_path()) *w = (base / p).string();
+      }
+      s.tuning = std::move(t);
     } else {
       return std::unexpected(where(key) +
                              " is not a known key; known: state_dir, socket, log_level, no_tune, "
-                             "admin_group, max_connections, frame_timeout_ms, demand_flush_ms");
+                             "admin_group, max_connections, frame_timeout_ms, demand_flush_ms, tuning");
     }
   }
   return s;
@@ -202,6 +215,14 @@ std::expected<Config, std::string> merge_settings(const Settings& flags, const S
       return std::unexpected("demand_flush_ms (" + src["demand_flush_ms"] +
                              ") must be in [10, 600000]; got " + std::to_string(*m.demand_flush_ms));
     c.demand_flush_interval = std::chrono::milliseconds(*m.demand_flush_ms);
+  }
+  if (file.tuning) {
+    auto t = tuner::tuning_config_from_json(*file.tuning);
+    if (!t) return std::unexpected("config file " + config_file.string() + ": " + t.error());
+    c.tuning = std::move(*t);
+    src["tuning"] = file_name;
+  } else {
+    src["tuning"] = "default";
   }
   if (c.state_dir.empty()) return std::unexpected("the state dir (" + src["state_dir"] + ") must not be empty");
   if (c.socket.empty()) return std::unexpected("the socket path (" + src["socket"] + ") must not be empty");
@@ -281,6 +302,14 @@ std::expected<Config, CommandLineExit> load_daemon_config(int argc, const char* 
   }
   auto merged = merge_settings(flags, *env_settings, file_settings, config_file);
   if (!merged) return usage(merged.error());
+  // An empty variable counts as unset here too, as it does for the daemon's own variables.
+  const EnvLookup non_empty = [&env](const char* name) -> std::optional<std::string> {
+    auto v = env(name);
+    if (!v || v->empty()) return std::nullopt;
+    return v;
+  };
+  if (auto e = tuner::apply_tuning_env(merged->tuning, non_empty)) return usage(*e);
+  if (auto e = merged->tuning.validate()) return usage("tuning configuration (" + merged->sources["tuning"] + "): " + *e);
   return *merged;
 }
 

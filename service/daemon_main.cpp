@@ -4,9 +4,11 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <functional>
 #include <optional>
+#include <thread>
 
 #include <grp.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include "nsa/service/log.hpp"
 #include "nsa/service/server.hpp"
 #include "nsa/service/state.hpp"
+#include "nsa/service/tuning.hpp"
 
 using namespace nsa::service;
 
@@ -124,7 +127,21 @@ int run(int argc, char** argv) {
   NSA_INFO("store %s: schema %d, epoch %lld", config.store_path().c_str(), store->schema_version(),
            static_cast<long long>(store->epoch()));
 
-  const auto probe = nsa::jit::probe_devices();
+  nsa::jit::DriverProbe probe;
+  if (const char* fake = std::getenv("NSA_TUNE_TEST_DEVICES"); fake && *fake) {
+    // TEST ONLY: the end-to-end tests run the tuner against a worker stand-in on hosts without
+    // a GPU. Never set in production: the daemon would answer for GPUs it does not have.
+    auto p = probe_from_test_devices(fake);
+    if (!p) {
+      NSA_ERROR("%s", p.error().c_str());
+      return daemon_exit::usage;
+    }
+    probe = std::move(*p);
+    NSA_WARN("TEST ONLY: NSA_TUNE_TEST_DEVICES replaces the GPU probe with %zu made-up devices",
+             probe.devices.size());
+  } else {
+    probe = nsa::jit::probe_devices();
+  }
   HostInfo host = host_info_from(probe, nsa::jit::nvrtc_version(), nsa::jit::kernel_source_hash(),
                                  static_cast<std::int64_t>(std::time(nullptr)));
   if (!host.driver_problem.empty()) {
@@ -144,10 +161,13 @@ int run(int argc, char** argv) {
   }
   std::unique_ptr<State> state = std::move(*created);
 
+  // Declared in this order so that unwinding destroys the tuner (joining its threads, which
+  // post to the io_context) before the io_context.
+  asio::io_context io(1);
+  Tuning tuning(config, state->host());
   ServiceStats stats;
   stats.started_at_unix = static_cast<std::int64_t>(std::time(nullptr));
-  Handler handler(*state, config, *admin, stats);
-  asio::io_context io(1);
+  Handler handler(*state, config, *admin, stats, tuning);
   Server server(io, config, *state, handler, stats);
   state->on_epoch_change([&server](std::int64_t epoch) {
     NSA_INFO("epoch moved to %lld", static_cast<long long>(epoch));
@@ -158,8 +178,31 @@ int run(int argc, char** argv) {
     return daemon_exit::cannot_serve;
   }
 
+  // Verdicts land on a tuner thread; the snapshot, the memo and the sessions belong to the io
+  // thread, so the tuner only posts. The refresh there moves the epoch and tells subscribers.
+  tuning.start([&io, &state](std::int64_t epoch) {
+    asio::post(io, [&state, epoch] {
+      try {
+        if (!state->refresh()) NSA_DEBUG("verdicts landed at epoch %lld (already served)", static_cast<long long>(epoch));
+      } catch (const nsa::cache::StoreFailure& e) {
+        NSA_ERROR("cannot read the verdicts the tuner wrote (serving the last snapshot): %s", e.what());
+      }
+    });
+  });
+  if (tuning.on()) {
+    NSA_INFO("tuning on: %zu device%s, worker %s", state->host().devices.size(),
+             state->host().devices.size() == 1 ? "" : "s", tuning.worker().c_str());
+  } else if (config.no_tune) {
+    NSA_INFO("tuning off: %s", tuning.off_reason().c_str());
+  } else {
+    NSA_WARN("tuning off: %s; serving stored verdicts, pins and fallbacks", tuning.off_reason().c_str());
+  }
+
   // The first SIGTERM/SIGINT stops gracefully; a second one closes every connection at once
-  // (for an operator who does not want to wait out the grace period).
+  // (for an operator who does not want to wait out the grace period). The tuner is stopped on
+  // a thread of its own at the first signal, so that its workers are interrupted at once while
+  // the io thread finishes the requests it has.
+  std::jthread tuner_stopper;
   asio::signal_set signals(io, SIGINT, SIGTERM);
   std::function<void(const boost::system::error_code&, int)> on_signal =
       [&](const boost::system::error_code& ec, int signo) {
@@ -168,6 +211,7 @@ int run(int argc, char** argv) {
         if (!server.stopping()) {
           NSA_INFO("%s received: finishing in-flight requests (again to close connections at once)", name);
           signals.async_wait(on_signal);  // armed before stop(), which may finish at once
+          if (tuning.on()) tuner_stopper = std::jthread([&tuning] { tuning.stop(); });
           server.stop();
         } else {
           NSA_WARN("second %s: closing every connection now", name);
@@ -182,6 +226,8 @@ int run(int argc, char** argv) {
            static_cast<long long>(state->snapshot()->epoch));
 
   io.run();
+  if (tuner_stopper.joinable()) tuner_stopper.join();
+  tuning.stop();  // idempotent; here when io.run() ended without a signal
 
   int code = daemon_exit::ok;
   if (auto r = state->flush_demand(); !r) {

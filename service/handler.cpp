@@ -81,14 +81,8 @@ std::string AdminPolicy::describe() const {
   return s;
 }
 
-std::string tuning_summary(const Config& c, std::size_t pending) {
-  if (c.no_tune) return "disabled (--no-tune)";
-  return "no tuner in this build: " + std::to_string(pending) + " retune request" + (pending == 1 ? "" : "s") +
-         " queued";
-}
-
-Handler::Handler(State& state, const Config& config, AdminPolicy admin, ServiceStats& stats)
-    : m_state(state), m_config(config), m_admin(std::move(admin)), m_stats(stats) {}
+Handler::Handler(State& state, const Config& config, AdminPolicy admin, ServiceStats& stats, Tuning& tuning)
+    : m_state(state), m_config(config), m_admin(std::move(admin)), m_stats(stats), m_tuning(tuning) {}
 
 void Handler::handle(std::string_view frame, Connection& conn, std::string& out) {
   ++m_stats.requests;
@@ -312,14 +306,14 @@ json Handler::status(const api::Request& r) {
   j["uptime_s"] = uptime;
   j["state_dir"] = m_config.state_dir.string();
   j["socket"] = m_config.socket.string();
-  j["tuning_enabled"] = !m_config.no_tune;
+  j["tuning_enabled"] = m_tuning.on();
   j["driver"] = json{{"loaded", host.driver_loaded},
                      {"version", host.driver_version},
                      {"error", host.driver_problem.empty() ? json(nullptr) : json(host.driver_problem)}};
   j["nvrtc"] = host.nvrtc_version;
   j["devices"] = std::move(devices);
-  j["tuning"] = nullptr;  // no tuning run in progress: this build has no tuner
-  j["tuning_note"] = tuning_summary(m_config, pending.size());
+  j["tuning"] = m_tuning.status(pending);
+  j["tuning_note"] = m_tuning.summary(pending.size());
   j["started_at"] = m_stats.started_at_unix;
   j["kernel_source_hash"] = host.source_hash;
   j["config_file"] = m_config.config_file.string();
@@ -334,6 +328,13 @@ json Handler::status(const api::Request& r) {
                      {"demand_recorded", store.demand(100000).size()},
                      {"demand_unflushed", m_state.pending_demand()}};
   j["pending_retunes"] = std::move(retunes);
+  // Completed requests keep their outcome here for a while: `nsa-tunectl retune --wait` reads it.
+  json recent = json::array();
+  for (const auto& q : store.recent_retunes(10))
+    recent.push_back(json{{"id", q.id}, {"scope", q.scope}, {"requested_by", q.requested_by},
+                          {"requested_at", q.requested_at}, {"completed_at", q.completed_at},
+                          {"outcome", q.completed_at ? json(q.outcome) : json(nullptr)}});
+  j["recent_retunes"] = std::move(recent);
   j["connections"] = json{{"open", m_stats.connections_open},
                           {"max", m_config.max_connections},
                           {"accepted", m_stats.connections_accepted},
@@ -431,23 +432,23 @@ json Handler::retune(const api::Request& r, const Connection& conn) {
     throw ReplyError{errc::bad_request, "scope '" + clip(scope) +
                                             "' is neither \"all\", an arch like \"sm_90\", nor a family key like "
                                             "\"bf16.dqk128.dv128.h16.blk64.n16.decode\""};
-  if (m_config.no_tune)
-  {
-    auto src = m_config.sources.find("no_tune");
+  if (!m_tuning.on()) {
+    const std::string why = m_tuning.off_reason().empty() ? std::string("nsa-tuned is stopping") : m_tuning.off_reason();
     throw ReplyError{errc::tuning_disabled,
-                     "this daemon runs with --no-tune (set by " +
-                         (src == m_config.sources.end() ? std::string("its configuration") : src->second) +
-                         "); restart it without --no-tune to tune"};
+                     "this daemon does not tune: " + why +
+                         (m_config.no_tune ? "; restart it without --no-tune to tune" : "; nothing was queued")};
   }
-  auto id = m_state.store().request_retune(scope, who(conn));
-  if (!id) throw ReplyError{errc::internal, id.error().message};
+  auto queued = m_tuning.request(scope, who(conn));
+  if (!queued) throw ReplyError{errc::internal, "the retune could not be queued: " + queued.error()};
   const auto pending = m_state.store().pending_retunes().size();
-  NSA_INFO("retune of %s queued (#%lld) by %s", scope.c_str(), static_cast<long long>(*id),
-           conn.peer.describe().c_str());
+  NSA_INFO("retune of %s queued (#%lld) by %s%s", scope.c_str(), static_cast<long long>(queued->id),
+           conn.peer.describe().c_str(), queued->pending ? "" : ": no device of this host is named, completed at once");
   json j = api::ok_reply(r.id);
-  j["request_id"] = *id;
+  j["request_id"] = queued->id;
   j["scope"] = scope;
-  j["tuning_note"] = tuning_summary(m_config, pending);
+  j["pending"] = queued->pending;
+  j["tuning_note"] = queued->pending ? m_tuning.summary(pending)
+                                     : "no device of this host is named by '" + scope + "': nothing to tune";
   return j;
 }
 

@@ -204,6 +204,8 @@ inline ProcessResult run_process(const std::vector<std::string>& argv,
 
 /// The real nsa-tuned on a socket and state dir inside `dir`, started with --no-tune and short
 /// timeouts so the tests stay fast: frames must complete within 1 s, demand flushes every 100 ms.
+/// with_tuning() drops --no-tune and adds environment variables (the tuning tests point the
+/// daemon at the worker stand-in and, with NSA_TUNE_TEST_DEVICES, at made-up GPUs).
 class Daemon {
  public:
   explicit Daemon(const fs::path& dir, std::vector<std::string> extra = {}, std::string name = "d")
@@ -215,7 +217,8 @@ class Daemon {
   /// The command line; a flag given in `extra` replaces the fixture's default for it.
   std::vector<std::string> argv() const {
     std::vector<std::string> a{daemon_binary().string(), "--state-dir", m_state_dir.string(), "--socket",
-                               m_socket.string(), "--no-tune"};
+                               m_socket.string()};
+    if (!m_tune) a.push_back("--no-tune");
     const std::pair<const char*, const char*> defaults[] = {
         {"--frame-timeout-ms", "1000"}, {"--demand-flush-ms", "100"}, {"--log-level", "debug"}};
     for (const auto& [flag, value] : defaults) {
@@ -227,10 +230,17 @@ class Daemon {
     return a;
   }
 
+  /// Runs it without --no-tune, with `env` added to its environment.
+  Daemon& with_tuning(std::vector<std::pair<std::string, std::string>> env = {}) {
+    m_tune = true;
+    m_env = std::move(env);
+    return *this;
+  }
+
   /// Starts it and waits until it answers a hello (up to 15 s). False (with the log in the
   /// failure message) when it exited or never answered.
   ::testing::AssertionResult start(std::chrono::milliseconds limit = 15s) {
-    m_child = Child::spawn(argv(), m_log);
+    m_child = Child::spawn(argv(), m_log, m_env);
     const auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
       if (auto code = m_child.wait(0ms))
@@ -272,6 +282,8 @@ class Daemon {
  private:
   fs::path m_socket, m_state_dir, m_log;
   std::vector<std::string> m_extra;
+  bool m_tune = false;
+  std::vector<std::pair<std::string, std::string>> m_env;
   Child m_child;
 };
 

@@ -142,6 +142,9 @@ class VerdictStore {
                                                          const std::string& requested_by);
   /// Oldest first.
   std::vector<RetuneRequest> pending_retunes() const;
+  /// The newest `limit` requests, pending or completed (with their outcome), newest first:
+  /// what `status` shows and what `nsa-tunectl retune --wait` reads its request's outcome from.
+  std::vector<RetuneRequest> recent_retunes(std::size_t limit = 10) const;
   /// "not_found" for an unknown request, "refused" for one already completed.
   std::expected<void, StoreError> complete_retune(std::int64_t id, const std::string& outcome);
 

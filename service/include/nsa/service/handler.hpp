@@ -33,6 +33,7 @@
 #include "nsa/service/config.hpp"
 #include "nsa/service/fast_dispatch.hpp"
 #include "nsa/service/state.hpp"
+#include "nsa/service/tuning.hpp"
 
 namespace nsa::service {
 
@@ -81,7 +82,8 @@ struct Connection {
 
 class Handler {
  public:
-  Handler(State& state, const Config& config, AdminPolicy admin, ServiceStats& stats);
+  /// `tuning` answers status's "tuning" and the retune op (it may be off: see tuning.hpp).
+  Handler(State& state, const Config& config, AdminPolicy admin, ServiceStats& stats, Tuning& tuning);
 
   /// Appends the reply frame for one request frame to `out`.
   void handle(std::string_view frame, Connection& conn, std::string& out);
@@ -114,6 +116,7 @@ class Handler {
   const Config& m_config;
   AdminPolicy m_admin;
   ServiceStats& m_stats;
+  Tuning& m_tuning;
 
   // Answers already encoded, per problem, for the snapshot they were decided on: a repeated
   // problem (the common case: a job asks the same few shapes) costs a hash lookup instead of a
@@ -127,9 +130,5 @@ class Handler {
   const Snapshot* m_memo_snapshot = nullptr;
   std::shared_ptr<const Snapshot> m_memo_snapshot_owner;  // keeps the address from being reused
 };
-
-/// "no tuner in this build: 3 retune requests queued" or "disabled (--no-tune)": status's
-/// "tuning_note" (its "tuning" field is reserved for a run in progress, null until a tuner runs).
-std::string tuning_summary(const Config&, std::size_t pending_retunes);
 
 }  // namespace nsa::service
