@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cstdio>
+
+#include "nsa/cache/verdict_store.hpp"
 #include "service_test_support.hpp"
 
 namespace nsa::service::testing {
@@ -69,7 +73,7 @@ TEST_F(TunectlTest, StatusWorksWithAndWithoutADaemon) {
   ProcessResult live = ctl({"status"});
   ASSERT_EQ(live.code, 0) << live.err;
   EXPECT_NE(live.out.find("nsa-tuned"), std::string::npos) << live.out;
-  EXPECT_NE(live.out.find("disabled (--no-tune)"), std::string::npos) << live.out;
+  EXPECT_NE(live.out.find("off: disabled (--no-tune"), std::string::npos) << live.out;
   ProcessResult as_json = ctl({"status", "--json"});
   ASSERT_EQ(as_json.code, 0);
   EXPECT_EQ(json::parse(as_json.out)["pid"], daemon.pid());
@@ -167,6 +171,91 @@ TEST_F(TunectlTest, PathsComeFromTheEnvironmentLikeTheDaemons) {
   ProcessResult f = run_process({tunectl_binary().string(), "--config", (dir / "c.json").string(), "pins"});
   ASSERT_EQ(f.code, 0) << f.err;
   EXPECT_NE(f.out.find("sm_89"), std::string::npos);
+}
+
+/// "N variants for sm_90: C compiled, K from the cache, F failed in S s" -> {N, C, K, F}.
+std::array<long, 4> compile_counts(const std::string& out) {
+  std::array<long, 4> n{-1, -1, -1, -1};
+  std::sscanf(out.c_str(), "%ld variants for sm_90: %ld compiled, %ld from the cache, %ld failed", &n[0], &n[1], &n[2],
+              &n[3]);
+  return n;
+}
+
+TEST_F(TunectlTest, CompileFillsTheStoreWithoutAGpuAndASecondRunCompilesNothing) {
+  // One small family and the two designs with the fewest settings keep this within seconds;
+  // the full default set is the same code on more variants.
+  const std::vector<std::string> args{"compile", "--arch", "sm_90", "--family", "bf16.dqk64.dv64.h16.blk64.n16",
+                                      "--design", "reference", "--design", "sdpa_packed", "--threads", "2"};
+  ProcessResult first = ctl(args);
+  ASSERT_EQ(first.code, 0) << first.out << first.err;
+  const auto a = compile_counts(first.out);
+  ASSERT_GT(a[0], 1) << first.out;
+  EXPECT_EQ(a[1], a[0]) << first.out;
+  EXPECT_EQ(a[2], 0) << first.out;
+  EXPECT_EQ(a[3], 0) << first.out;
+  EXPECT_NE(first.err.find("[1/" + std::to_string(a[0]) + "] compiled sel_fwd."), std::string::npos)
+      << "a progress line per variant on a stderr that is not a terminal:\n" << first.err;
+  {
+    auto store = cache::VerdictStore::open_read_only(daemon.state_dir() / "state.db");
+    ASSERT_TRUE(store);
+    EXPECT_EQ(store->kernel_count(), a[0]);
+  }
+  ProcessResult second = ctl(args);
+  ASSERT_EQ(second.code, 0) << second.err;
+  const auto b = compile_counts(second.out);
+  EXPECT_EQ(b[0], a[0]) << second.out;
+  EXPECT_EQ(b[1], 0) << "everything is in the store already: " << second.out;
+  EXPECT_EQ(b[2], a[0]) << second.out;
+
+  // A family phase suffix is accepted; the same variants come from the cache.
+  auto with_phase = args;
+  with_phase[4] += ".prefill";
+  ProcessResult third = ctl(with_phase);
+  ASSERT_EQ(third.code, 0) << third.err;
+  EXPECT_EQ(compile_counts(third.out)[2], a[0]) << third.out;
+}
+
+TEST_F(TunectlTest, CompileRefusesBadArgumentsAndReportsAnArchNvrtcCannotTarget) {
+  ProcessResult arch = ctl({"compile", "--arch", "hopper"});
+  EXPECT_EQ(arch.code, 2);
+  EXPECT_NE(arch.err.find("--arch 'hopper' is not an arch name"), std::string::npos) << arch.err;
+  ProcessResult family = ctl({"compile", "--arch", "sm_90", "--family", "dqk128"});
+  EXPECT_EQ(family.code, 2);
+  EXPECT_NE(family.err.find("--family 'dqk128' is not a family key"), std::string::npos) << family.err;
+  ProcessResult design = ctl({"compile", "--arch", "sm_90", "--design", "warp_speed"});
+  EXPECT_EQ(design.code, 2);
+  EXPECT_NE(design.err.find("--design 'warp_speed' is not a design"), std::string::npos) << design.err;
+  ProcessResult old = ctl({"compile", "--arch", "sm_35", "--family", "bf16.dqk64.dv64.h16.blk64.n16", "--design",
+                           "reference"});
+  EXPECT_EQ(old.code, 1) << old.out << old.err;
+  EXPECT_NE(old.err.find("supported:"), std::string::npos) << "NVRTC's list of targets: " << old.err;
+  EXPECT_NE(old.out.find("1 failed"), std::string::npos) << old.out;
+}
+
+TEST_F(TunectlTest, StatusSaysWhyTheDaemonDoesNotTune) {
+  ASSERT_TRUE(daemon.start());
+  ProcessResult st = ctl({"status"});
+  ASSERT_EQ(st.code, 0) << st.err;
+  EXPECT_NE(st.out.find("tuning      off: disabled (--no-tune, set by flag)"), std::string::npos) << st.out;
+  ProcessResult wait = ctl({"retune", "--wait"});
+  EXPECT_EQ(wait.code, 1);
+  EXPECT_NE(wait.err.find("tuning_disabled"), std::string::npos) << wait.err;
+}
+
+TEST_F(TunectlTest, ReportPlotWorksWithoutADaemonAndWithoutVerdicts) {
+  ASSERT_TRUE(daemon.start());
+  ASSERT_EQ(daemon.stop(), 0);  // leaves a store with the seeded pin and no verdicts
+  const auto svg = dir / "empty.svg";
+  ProcessResult plot = ctl({"report", "--plot", svg.string()});
+  ASSERT_EQ(plot.code, 0) << plot.err;
+  EXPECT_NE(plot.out.find("0 charts"), std::string::npos) << plot.out;
+  EXPECT_NE(plot.err.find("reading the store"), std::string::npos) << plot.err;
+  const std::string text = read_file(svg);
+  EXPECT_EQ(text.rfind("<?xml", 0), 0u) << text.substr(0, 200);
+  EXPECT_NE(text.find("nothing to plot"), std::string::npos);
+  ProcessResult unwritable = ctl({"report", "--plot", (dir / "no-such-dir" / "x.svg").string()});
+  EXPECT_EQ(unwritable.code, 1);
+  EXPECT_NE(unwritable.err.find("cannot write"), std::string::npos) << unwritable.err;
 }
 
 }  // namespace
