@@ -34,6 +34,7 @@
 #include <string>
 #include <thread>
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -723,8 +724,13 @@ int cmd_retune(const Paths& p, const std::string& scope, bool wait, double wait_
     std::string key;
     const std::string line = progress_line(tuning, id, waited, key);
     if (tty) {
-      // \r and erase-to-end-of-line: one line that updates in place.
-      std::fprintf(stderr, "\r%s\x1b[K", line.c_str());
+      // \r and erase-to-end-of-line: one line that updates in place, cut to the terminal's
+      // width (a wrapped line would not be overwritten by the next \r).
+      winsize ws{};
+      std::string shown = line;
+      if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 10 && shown.size() >= ws.ws_col)
+        shown = shown.substr(0, ws.ws_col - 4) + "...";
+      std::fprintf(stderr, "\r%s\x1b[K", shown.c_str());
       std::fflush(stderr);
     } else if (key != last_key) {
       std::fprintf(stderr, "%s\n", line.c_str());

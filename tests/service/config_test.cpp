@@ -132,6 +132,63 @@ TEST(Config, UnknownKeyOrWrongTypeInTheFileIsAnErrorNamingIt) {
   EXPECT_NE(array.error().text.find("one JSON object"), std::string::npos);
 }
 
+TEST(Config, TheFilesTuningObjectConfiguresTheTunerAndTheEnvironmentGoesOverIt) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "etc");
+  write(dir / "etc" / "c.json", R"({"tuning": {"margin": 1.5, "decode_points": ["b2.hkv2.tq1.tkv4096"],
+                                              "worker": "bin/nsa-tune-worker", "idle_poll_s": 2}})");
+  auto c = load({"--config", (dir / "etc" / "c.json").string()});
+  ASSERT_TRUE(c) << c.error().text;
+  EXPECT_DOUBLE_EQ(c->tuning.policy.margin, 1.5);
+  EXPECT_EQ(c->tuning.idle_poll, std::chrono::milliseconds(2000));
+  ASSERT_EQ(c->tuning.plan.decode_points.size(), 1u);
+  EXPECT_EQ(c->tuning.plan.decode_points[0].key(), "b2.hkv2.tq1.tkv4096");
+  EXPECT_EQ(c->tuning.worker, dir / "etc" / "bin/nsa-tune-worker") << "relative to the file, like its other paths";
+  EXPECT_EQ(c->sources.at("tuning"), "file " + (dir / "etc" / "c.json").string());
+
+  auto env = load({"--config", (dir / "etc" / "c.json").string()},
+                  {{"NSA_TUNE_WORKER", "/opt/nsa/nsa-tune-worker"}, {"NSA_TUNE_EXPERIMENTAL_PINNED", "on"}});
+  ASSERT_TRUE(env) << env.error().text;
+  EXPECT_EQ(env->tuning.worker, "/opt/nsa/nsa-tune-worker");
+  EXPECT_TRUE(env->tuning.plan.experimental_pinned);
+
+  auto defaults = load({});
+  ASSERT_TRUE(defaults);
+  EXPECT_DOUBLE_EQ(defaults->tuning.policy.margin, 1.2);
+  EXPECT_EQ(defaults->sources.at("tuning"), "default");
+  auto empty = load({}, {{"NSA_TUNE_WORKER", ""}});
+  ASSERT_TRUE(empty) << "an empty variable counts as unset: " << empty.error().text;
+  EXPECT_TRUE(empty->tuning.worker.empty());
+}
+
+TEST(Config, BadTuningSettingsAreUsageErrorsNamingTheKeyOrVariable) {
+  TempDir dir;
+  write(dir / "typo.json", R"({"tuning": {"margn": 1.2}})");
+  auto typo = load({"--config", (dir / "typo.json").string()});
+  ASSERT_FALSE(typo);
+  EXPECT_EQ(typo.error().code, daemon_exit::usage);
+  EXPECT_NE(typo.error().text.find("margn"), std::string::npos) << typo.error().text;
+  EXPECT_NE(typo.error().text.find("typo.json"), std::string::npos) << typo.error().text;
+
+  write(dir / "range.json", R"({"tuning": {"margin": 0.5}})");
+  auto range = load({"--config", (dir / "range.json").string()});
+  ASSERT_FALSE(range);
+  EXPECT_NE(range.error().text.find("margin"), std::string::npos) << range.error().text;
+
+  write(dir / "scalar.json", R"({"tuning": true})");
+  auto scalar = load({"--config", (dir / "scalar.json").string()});
+  ASSERT_FALSE(scalar);
+  EXPECT_NE(scalar.error().text.find("\"tuning\" must be an object"), std::string::npos) << scalar.error().text;
+
+  auto fault = load({}, {{"NSA_TUNE_TEST_FAULT", "meltdown"}});
+  ASSERT_FALSE(fault);
+  EXPECT_EQ(fault.error().code, daemon_exit::usage);
+  EXPECT_NE(fault.error().text.find("NSA_TUNE_TEST_FAULT"), std::string::npos) << fault.error().text;
+  auto pinned = load({}, {{"NSA_TUNE_EXPERIMENTAL_PINNED", "perhaps"}});
+  ASSERT_FALSE(pinned);
+  EXPECT_NE(pinned.error().text.find("NSA_TUNE_EXPERIMENTAL_PINNED"), std::string::npos);
+}
+
 TEST(Config, MissingConfigFileIsAnError) {
   TempDir dir;
   auto c = load({}, {{"NSA_TUNE_CONFIG", (dir / "nope.json").string()}});
