@@ -63,9 +63,11 @@ int run(int argc, char** argv) {
     if (!ec && abs_socket.string().size() <= 107) config.socket = abs_socket.lexically_normal();
   }
   log::set_level(config.log_level);
-  NSA_INFO("nsa-tuned %s (pid %d) starting: state dir %s (%s), socket %s (%s), tuning %s", kVersion,
+  // Whether it tunes is logged once the GPUs are known ("tuning on" / "tuning off: why").
+  NSA_INFO("nsa-tuned %s (pid %d) starting: state dir %s (%s), socket %s (%s), config %s", kVersion,
            static_cast<int>(::getpid()), config.state_dir.c_str(), config.sources.at("state_dir").c_str(),
-           config.socket.c_str(), config.sources.at("socket").c_str(), config.no_tune ? "disabled" : "enabled");
+           config.socket.c_str(), config.sources.at("socket").c_str(),
+           config.config_file.empty() ? "none" : config.config_file.c_str());
 
   auto admin = admin_policy(config);
   if (!admin) {

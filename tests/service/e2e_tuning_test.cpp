@@ -296,6 +296,15 @@ TEST(TuningE2E, SigtermStopsATunerWhoseKernelHangsPromptlyAndTheDaemonExitsZero)
       << hung.dump(2) << d.log();
   EXPECT_EQ(hung["tuning"]["state"], "tuning");
 
+  // While the kernel hangs, a retune cannot complete: --wait gives up at --wait-timeout with
+  // exit 4, after drawing the pass's progress (plain lines: stderr is not a terminal).
+  ProcessResult waited = ctl(d, {"retune", "all", "--wait", "--wait-timeout", "1"});
+  EXPECT_EQ(waited.code, 4) << waited.out << waited.err;
+  EXPECT_NE(waited.err.find("did not complete within --wait-timeout 1 s; it stays queued"), std::string::npos)
+      << waited.err;
+  EXPECT_NE(waited.err.find("] 1/1 points  GPU 0 sm_90  tuning " + std::string(kFamily)), std::string::npos)
+      << waited.err;
+
   // The worker's pid, from the stand-in's log ("<pid> start").
   std::set<pid_t> workers;
   {
