@@ -51,7 +51,7 @@ case "${1:-}" in
     ;;
   dist)
     install_deps; build
-    cmake --install "$build" --prefix "$here/dist" >/dev/null
+    cmake --install "$build" --prefix "$here/dist" --strip >/dev/null
     echo "installed into $here/dist"
     ;;
   *)
