@@ -33,9 +33,12 @@ const std::vector<Knob>& knobs_of(Design d) {
       {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {3, 2, 4}}, {"evict", {0, 1}}};
   // Two warps with 32-key tiles give split_kv the most CTAs per row when h <= 16; split 2 and
   // stages 4 are for batches that nearly fill the GPU (B=16: 64 rows), where each CTA streams
-  // several tiles and wants more of them in flight.
+  // several tiles and wants more of them in flight. Stages 3 first: the default (split 8 of 16
+  // tiles) owns two tiles per CTA, and three stages put both in flight at once.
+  // split_kv_problem() prunes the splits that would leave CTAs without a tile and the rings
+  // deeper than a CTA's share.
   static const std::vector<Knob> split = {
-      {"split", {8, 16, 4, 32, 2}}, {"warps", {4, 2}}, {"tile", {64, 32}}, {"stages", {2, 3, 4}}};
+      {"split", {8, 16, 4, 32, 2}}, {"warps", {4, 2}}, {"tile", {64, 32}}, {"stages", {3, 2, 4}}};
   static const std::vector<Knob> prefill = {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
   switch (d) {
@@ -92,6 +95,33 @@ std::int64_t engine_smem(const KernelVariant& v) {
   return 0;
 }
 
+/// Why a split_kv setting is not worth offering, or "" when it is. Both rules count the tiles of
+/// a full row (n * block keys: every selected block visible, as in decode), the case the design
+/// is for; rows with fewer visible keys (causal cuts, -1 slots) still run correctly, with some
+/// CTAs empty.
+///  - split <= tiles: a CTA without a tile still pays the whole chain (block_idx read, arrival,
+///    a slot on an SM) and, at B=16 with split 32, half the grid was such CTAs
+///    (docs/kernels.md, "Why large splits were slow").
+///  - stages - 1 <= tiles per CTA (stages 2 always allowed): the ring keeps stages - 1 tiles in
+///    flight, so a deeper one than a CTA's share adds nothing but shared memory, which costs
+///    CTAs per SM.
+std::string split_kv_problem(const KernelVariant& v) {
+  const std::int64_t keys = static_cast<std::int64_t>(v.spec.n) * v.spec.block;
+  const int split = knob_value(v, "split"), tile = knob_value(v, "tile"), stages = knob_value(v, "stages");
+  const std::int64_t tiles = (keys + tile - 1) / tile;
+  if (split > tiles)
+    return "split=" + std::to_string(split) + " exceeds the " + std::to_string(tiles) + " tiles of " +
+           std::to_string(tile) + " keys in a full row (n*block = " + std::to_string(keys) +
+           " keys): some CTAs would own no tile; use a smaller split or tile";
+  const std::int64_t per_cta = (tiles + split - 1) / split;
+  if (stages > 2 && stages - 1 > per_cta)
+    return "stages=" + std::to_string(stages) + " keeps " + std::to_string(stages - 1) +
+           " tiles in flight, but a CTA of split=" + std::to_string(split) + " owns at most " +
+           std::to_string(per_cta) + " of the " + std::to_string(tiles) +
+           " tiles: the deeper ring only costs shared memory (CTAs per SM)";
+  return "";
+}
+
 /// Why `v`'s knobs are not a setting the catalog offers on its arch, or "" when they are.
 std::string setting_problem(const KernelVariant& v) {
   if (auto reason = unsupported_reason(v.spec)) return *reason;
@@ -113,6 +143,8 @@ std::string setting_problem(const KernelVariant& v) {
   }
   if (v.design == Design::reference) return "";
   if (cc < 80) return "the tensor-core designs need sm_80 or newer (mma.sync bf16, cp.async); " + v.arch + " is older";
+  if (v.design == Design::split_kv)
+    if (std::string problem = split_kv_problem(v); !problem.empty()) return problem;
   const int rows = engine_rows(v);
   if (rows > L::kMaxRows)
     return "qtile*h = " + std::to_string(rows) + " rows exceed the 128 rows one CTA holds";

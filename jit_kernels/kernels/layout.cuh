@@ -116,8 +116,10 @@ NSA_HD constexpr long long packed_workspace_bytes(long long rows, int dqk, int d
 }
 
 /// split_kv: partial O [rows][split][h][D_v] (fp32, relative to m), m and l [rows][split][h],
-/// then one 64-bit arrival counter per row (tagged with the launch, see split_kv.cu: any initial
-/// contents are fine, and every complete launch leaves each counter 0).
+/// then two 64-bit arrival words per row: the counters [rows] (fetch-and-add, tagged with the
+/// launch) and the fallback words [rows] (compare-and-swap, used only when a counter held
+/// garbage). See split_kv.cu: any initial contents are fine, and every complete launch leaves
+/// each counter 0.
 NSA_HD constexpr long long split_m_offset(long long rows, int split, int h, int dv) {
   return rows * split * h * (long long)dv * 4;
 }
@@ -127,11 +129,11 @@ NSA_HD constexpr long long split_l_offset(long long rows, int split, int h, int 
 NSA_HD constexpr long long split_counter_offset(long long rows, int split, int h, int dv) {
   return round_up(split_l_offset(rows, split, h, dv) + rows * split * h * 4, 256);  // 8-byte aligned
 }
-NSA_HD constexpr long long split_workspace_bytes(long long rows, int split, int h, int dv) {
-  return split_counter_offset(rows, split, h, dv) + round_up(rows * 8, 256);
+NSA_HD constexpr long long split_fallback_offset(long long rows, int split, int h, int dv) {
+  return split_counter_offset(rows, split, h, dv) + rows * 8;
 }
-/// Shared memory the last CTA of a split_kv row merges with: a normalised weight per (head,
-/// split). It reuses the engine region, which is always larger (asserted in split_kv.cu).
-NSA_HD constexpr long long split_combine_smem(int split, int h) { return (long long)split * h * 4; }
+NSA_HD constexpr long long split_workspace_bytes(long long rows, int split, int h, int dv) {
+  return split_counter_offset(rows, split, h, dv) + round_up(rows * 16, 256);
+}
 
 }  // namespace nsa_layout

@@ -140,6 +140,33 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// ---- atomics with memory-model semantics -------------------------------------------------------
+
+/// 64-bit fetch-and-add at GPU scope with acquire-release semantics: stores that precede it in
+/// causality order (the CTA's, when the caller passed a __syncthreads first) are visible to any
+/// thread that acquires the value it wrote, and its caller sees everything released before the
+/// values it reads. Lighter than __threadfence() (membar.gl, a sequentially consistent fence).
+__device__ __forceinline__ unsigned long long atom_add_acq_rel_gpu(unsigned long long* addr, unsigned long long v) {
+  unsigned long long old;
+  asm volatile("atom.acq_rel.gpu.global.add.u64 %0, [%1], %2;\n" : "=l"(old) : "l"(addr), "l"(v) : "memory");
+  return old;
+}
+/// 64-bit compare-and-swap at GPU scope, acquire-release: returns the old value; `desired` was
+/// written iff it equals `expected`.
+__device__ __forceinline__ unsigned long long atom_cas_acq_rel_gpu(unsigned long long* addr, unsigned long long expected,
+                                                                  unsigned long long desired) {
+  unsigned long long old;
+  asm volatile("atom.acq_rel.gpu.global.cas.b64 %0, [%1], %2, %3;\n"
+               : "=l"(old)
+               : "l"(addr), "l"(expected), "l"(desired)
+               : "memory");
+  return old;
+}
+/// Relaxed 64-bit store at GPU scope (a counter reset that later launches read).
+__device__ __forceinline__ void st_relaxed_gpu(unsigned long long* addr, unsigned long long v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;\n" ::"l"(addr), "l"(v) : "memory");
+}
+
 // ---- grid identity -----------------------------------------------------------------------------
 
 /// The temporal launch number of this grid in its context (PTX %gridid): the same for every CTA

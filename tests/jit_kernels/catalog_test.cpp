@@ -169,10 +169,11 @@ TEST(Catalog, SplitKvIsOneLaunchWhoseWorkspaceEndsWithAlignedCounters) {
   ASSERT_EQ(plan.launches.size(), 1u);
   EXPECT_EQ(plan.launches[0].entry, "nsa_split_kv");
   EXPECT_EQ(plan.launches[0].grid[0], 4u * static_cast<unsigned>(split));
-  // fp32 O [rows][split][h][D_v], then m and l [rows][split][h], then a 64-bit counter per row.
+  // fp32 O [rows][split][h][D_v], then m and l [rows][split][h], then two 64-bit words per row
+  // (the counter and the fallback word).
   const std::uint64_t partials = 4ull * split * 16;
-  EXPECT_GE(plan.workspace_bytes, partials * (128 + 2) * 4 + 4 * 8);
-  EXPECT_LE(plan.workspace_bytes, partials * (128 + 2) * 4 + 4 * 8 + 512);
+  EXPECT_GE(plan.workspace_bytes, partials * (128 + 2) * 4 + 4 * 16);
+  EXPECT_LE(plan.workspace_bytes, partials * (128 + 2) * 4 + 4 * 16 + 512);
   namespace L = nsa_layout;
   // Counters are 64-bit atomics: 8-byte aligned for every shape, after the l array, inside the
   // workspace (odd row, split and head counts included).
@@ -183,7 +184,8 @@ TEST(Catalog, SplitKvIsOneLaunchWhoseWorkspaceEndsWithAlignedCounters) {
           const long long c = L::split_counter_offset(rows, sp, h, dv);
           EXPECT_EQ(c % 8, 0) << rows << " " << sp << " " << h << " " << dv;
           EXPECT_GE(c, L::split_l_offset(rows, sp, h, dv) + rows * sp * h * 4);
-          EXPECT_GE(L::split_workspace_bytes(rows, sp, h, dv), c + rows * 8);
+          EXPECT_EQ(L::split_fallback_offset(rows, sp, h, dv), c + rows * 8);
+          EXPECT_GE(L::split_workspace_bytes(rows, sp, h, dv), c + rows * 16);
         }
 }
 
@@ -205,9 +207,60 @@ TEST(Catalog, SplitKvOffersSplitsFromTwoToThirtyTwoAndDeeperPipelines) {
   }
   EXPECT_EQ(splits, (std::set<int>{2, 4, 8, 16, 32}));
   EXPECT_EQ(stages, (std::set<int>{2, 3, 4}));
+  // The default owns two of the 16 tiles of a decode row per CTA and keeps both in flight.
+  const auto def = default_variant(Design::split_kv, kDecode, "sm_90");
+  EXPECT_EQ(def.knob("split", 0), 8);
+  EXPECT_EQ(def.knob("tile", 0), 64);
+  EXPECT_EQ(def.knob("stages", 0), 3);
   // Four stages of 64-key tiles do not fit 99 KiB: sm_86 is offered only shallower settings.
   for (const auto& v : variants_for(kDecode, "sm_86", Design::split_kv))
     EXPECT_LE(shared_bytes_for(v), static_cast<unsigned>(99 * 1024)) << v.key();
+}
+
+TEST(Catalog, SplitKvGivesEveryCtaOfAFullRowATileAndNoIdleStages) {
+  // kDecode: n = 16 blocks of 64 keys, so 16 tiles of 64 or 32 of 32 per full row.
+  const auto offered = variants_for(kDecode, "sm_90", Design::split_kv);
+  ASSERT_FALSE(offered.empty());
+  bool split32_tile32 = false, split16_stages2 = false;
+  for (const auto& v : offered) {
+    const int split = v.knob("split", 0), tile = v.knob("tile", 0), stages = v.knob("stages", 0);
+    const int tiles = 16 * 64 / tile, per_cta = (tiles + split - 1) / split;
+    EXPECT_LE(split, tiles) << v.key();
+    if (stages > 2) EXPECT_LE(stages - 1, per_cta) << v.key();
+    split32_tile32 |= split == 32 && tile == 32;
+    split16_stages2 |= split == 16 && tile == 64 && stages == 2;
+  }
+  EXPECT_TRUE(split32_tile32) << "32 CTAs of one 32-key tile per row must stay on offer";
+  EXPECT_TRUE(split16_stages2);
+
+  // A setting the catalog prunes is refused by plan_for with the reason.
+  KernelVariant idle = default_variant(Design::split_kv, kDecode, "sm_90");
+  idle.knobs = {{"split", 32}, {"warps", 4}, {"tile", 64}, {"stages", 2}};
+  try {
+    (void)plan_for(idle, RuntimeShape{16, 1, 32768, 4});
+    ADD_FAILURE() << "split 32 of 16 tiles was planned";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("split=32 exceeds the 16 tiles of 64 keys"), std::string::npos) << e.what();
+  }
+  KernelVariant deep = idle;
+  deep.knobs = {{"split", 16}, {"warps", 4}, {"tile", 64}, {"stages", 4}};
+  try {
+    (void)plan_for(deep, RuntimeShape{1, 1, 32768, 4});
+    ADD_FAILURE() << "a 4-stage ring for one tile per CTA was planned";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("owns at most 1 of the 16 tiles"), std::string::npos) << e.what();
+  }
+
+  // Short rows: n = 1 block of 64 keys has two 32-key tiles: split 2 of 32-key tiles is all
+  // that remains, so the design still serves the family.
+  FamilySpec one = kDecode;
+  one.n = 1;
+  const auto small = variants_for(one, "sm_90", Design::split_kv);
+  ASSERT_FALSE(small.empty());
+  for (const auto& v : small) {
+    EXPECT_EQ(v.knob("split", 0), 2) << v.key();
+    EXPECT_EQ(v.knob("tile", 0), 32) << v.key();
+  }
 }
 
 TEST(Catalog, PackedBaselineReservesPackedRowsAndLengths) {
