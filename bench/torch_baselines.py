@@ -75,6 +75,8 @@ def main():
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--pattern", choices=["random", "clustered"], default="random")
+    ap.add_argument("--dense-only", action="store_true",
+                    help="time only the dense causal flash attention (no selection to build)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     dev = torch.device("cuda")
@@ -85,6 +87,12 @@ def main():
     q = torch.randn(a.batch, t_q, a.h_q, a.d_qk, device=dev, dtype=dt)
     k = torch.randn(a.batch, a.t_kv, a.h_kv, a.d_qk, device=dev, dtype=dt)
     v = torch.randn(a.batch, a.t_kv, a.h_kv, a.d_v, device=dev, dtype=dt)
+    if a.dense_only:
+        qq, kk, vv = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        us = time_ms(lambda: F.scaled_dot_product_attention(qq, kk, vv, is_causal=(t_q == a.t_kv), enable_gqa=True)) * 1e3
+        print(json.dumps({"case": a.case, "batch": a.batch, "t_q": t_q, "t_kv": a.t_kv,
+                          "device": torch.cuda.get_device_name(), "torch_dense_flash_us": us}))
+        return 0
     idx = selection(a.pattern, a.batch, a.h_kv, t_q, a.t_kv, a.block, a.n, gen, dev)
 
     # Precomputed gather indices: for each (b, g, t) row, the flat key positions of its visible
