@@ -16,6 +16,19 @@
 //      BEGIN IMMEDIATE transaction that re-reads user_version (two processes opening a fresh
 //      store at once migrate it once), then the SM 8.9 seed pin
 //
+// The switch to WAL is the one write that SQLite's busy timeout does not cover. On a file still
+// in rollback mode (a fresh, empty one) the pragma takes a read lock, sees the old header, and
+// then asks for the write lock while keeping the read lock; when another process got there
+// first (it holds RESERVED and waits for our SHARED lock to go before it can commit), SQLite
+// refuses at once with SQLITE_BUSY instead of waiting, because waiting would deadlock both. So
+// two processes creating a store at once (two daemons, or nsa-tuned and nsa-tunectl) used to
+// fail one of them with "database is locked" within milliseconds. switch_to_wal() does what
+// SQLite asks of the loser: let go (the statement ends, so does the read lock), wait, try
+// again; the winner then commits, and the retry finds the file already in WAL. The retries
+// stop after the same kBusyTimeoutMs the busy handler uses elsewhere, so the error still means
+// "someone held the lock for that long". Everything after the switch begins with BEGIN
+// IMMEDIATE (write lock first, no read lock held), where the busy handler does wait.
+//
 // Durability: WAL with synchronous=NORMAL makes a committed transaction survive the death of
 // the process (kill -9) but not necessarily a power cut, which the service does not need: a
 // lost verdict is re-tuned. Every write is one transaction (sql::Transaction), so a reader
@@ -29,9 +42,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <ctime>
 #include <mutex>
 #include <system_error>
+#include <thread>
 
 #include <sqlite3.h>
 
@@ -150,6 +165,29 @@ FileSchema read_file_schema(sql::Database& db) {
       "(SELECT count(*) FROM sqlite_master)");
   stmt.step("read the schema version");
   return FileSchema{stmt.column_int(0), stmt.column_int64(1) > 0};
+}
+
+/// Runs `PRAGMA journal_mode = WAL` and returns the mode it reports ("wal" on success),
+/// retrying for up to kBusyTimeoutMs while it fails with SQLITE_BUSY: the pragma upgrades a read
+/// lock to a write lock, and SQLite answers a competing creator with SQLITE_BUSY at once rather
+/// than through the busy handler (see the essay at the top). Each failed try finalizes its
+/// statement, which releases our read lock so that the other process can commit. Other
+/// failures, and BUSY past the deadline, propagate as sql::Failure.
+std::string switch_to_wal(sql::Database& db) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
+  auto pause = std::chrono::milliseconds(1);
+  for (;;) {
+    try {
+      auto mode = db.prepare("PRAGMA journal_mode = WAL");
+      mode.step("switch to WAL");
+      return mode.column_text(0);
+    } catch (const sql::Failure& failure) {
+      if (failure.code() != SQLITE_BUSY || Clock::now() + pause >= deadline) throw;
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(50));
+  }
 }
 
 /// The first line quick_check reports, or "" when it says "ok".
@@ -410,10 +448,7 @@ std::expected<VerdictStore, StoreError> VerdictStore::open(const fs::path& reque
     impl->schema_version = version;
 
     // First writes from here on.
-    auto mode = impl->db.prepare("PRAGMA journal_mode = WAL");
-    mode.step("switch to WAL");
-    std::string journal = mode.column_text(0);
-    mode = {};
+    std::string journal = switch_to_wal(impl->db);
     if (journal != "wal")
       return std::unexpected(error(
           "open_failed", path.string() + " cannot use write-ahead logging (journal mode stays '" +

@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nsa/cache/verdict_store.hpp"
@@ -204,12 +206,18 @@ TEST_F(StoreDurability, AnOpenReadSnapshotDoesNotBlockTheWriter) {
 
 TEST_F(StoreDurability, TwoProcessesOpeningAFreshStoreAtOnceBothSucceed) {
   // Both race through creation and migration; BEGIN IMMEDIATE plus the re-read of
-  // user_version make exactly one of them migrate.
+  // user_version make exactly one of them migrate, and the WAL switch retries while another
+  // creator holds the write lock (SQLite answers that one with SQLITE_BUSY at once).
   std::vector<std::unique_ptr<Child>> openers;
   for (int i = 0; i < 4; ++i)
     openers.push_back(std::make_unique<Child>([&] {
       auto store = VerdictStore::open(db_path);
-      if (!store) return 2;
+      if (!store) {
+        // The parent only sees the exit status: say why on stderr, which the test log keeps.
+        std::fprintf(stderr, "child %d: VerdictStore::open: [%s] %s\n", static_cast<int>(getpid()),
+                     store.error().code.c_str(), store.error().message.c_str());
+        return 2;
+      }
       return store->schema_version() == VerdictStore::current_schema_version() ? 0 : 3;
     }));
   for (auto& child : openers) {
@@ -220,6 +228,42 @@ TEST_F(StoreDurability, TwoProcessesOpeningAFreshStoreAtOnceBothSucceed) {
   EXPECT_EQ(raw.scalar("SELECT count(*) FROM pins"), "1");
   EXPECT_EQ(raw.scalar("SELECT value FROM meta WHERE key = 'verdict_epoch'"), "1");
   EXPECT_EQ(raw.scalar("PRAGMA integrity_check"), "ok");
+}
+
+TEST_F(StoreDurability, OpeningAFreshStoreWaitsWhileAnotherProcessHoldsItsWriteLock) {
+  // The losing side of the race above, made deterministic: another process holds the write lock
+  // of a fresh, empty file (as a creator between its first write and its commit does). The WAL
+  // switch must wait for it like every other write does, not fail at once with "database is
+  // locked" (SQLite does not run the busy handler for that lock upgrade).
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  constexpr auto kHeld = std::chrono::milliseconds(400);
+  Child holder([&] {
+    close(fds[0]);
+    RawDb raw(db_path);
+    raw.exec("BEGIN IMMEDIATE");  // RESERVED on a 0-byte file in rollback mode
+    char ready = 1;
+    if (write(fds[1], &ready, 1) != 1) return 2;
+    std::this_thread::sleep_for(kHeld);
+    raw.exec("COMMIT");
+    return 0;
+  });
+  close(fds[1]);
+  char ready = 0;
+  ASSERT_EQ(read(fds[0], &ready, 1), 1) << "the lock holder did not start";
+  close(fds[0]);
+
+  const auto start = std::chrono::steady_clock::now();
+  auto store = VerdictStore::open(db_path);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(store) << store.error().code << ": " << store.error().message;
+  EXPECT_GE(waited, kHeld / 2) << "the holder still had the lock: open cannot have written before it let go";
+  EXPECT_EQ(store->schema_version(), VerdictStore::current_schema_version());
+  int status = holder.wait();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "holder status " << status;
+  RawDb raw(db_path);
+  EXPECT_EQ(raw.scalar("PRAGMA journal_mode"), "wal");
+  EXPECT_EQ(raw.scalar("SELECT count(*) FROM pins"), "1");
 }
 
 }  // namespace

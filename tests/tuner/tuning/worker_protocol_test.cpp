@@ -47,15 +47,48 @@ Job sample_job() {
 }  // namespace
 
 TEST(WorkerProtocol, JobRoundTripsWithPlansCubinsAndSeed) {
-  const Job job = sample_job();
-  ASSERT_GE(job.variants[1].plan.launches.size(), 2u) << "split_kv has a combine launch: a multi-launch plan";
+  Job job = sample_job();
+  // Plans of several launches must keep every launch, in order: sdpa_packed is the catalog's
+  // multi-launch design (gather, then attention over the packed workspace). split_kv is one
+  // launch since its row's last CTA merges, so it no longer covers this.
+  ASSERT_EQ(job.variants[0].plan.launches.size(), 2u) << "sdpa_packed: gather + attention";
+  ASSERT_GT(job.variants[0].plan.workspace_bytes, 0u) << "sdpa_packed packs into its workspace";
+  // And a plan made by hand, so that the round trip of three launches whose every field differs
+  // does not depend on what the catalog happens to plan today.
+  jit::LaunchPlan three;
+  for (unsigned i = 0; i < 3; ++i) {
+    jit::Launch l;
+    l.entry = "nsa_step_" + std::to_string(i);
+    l.grid[0] = 1000 + i, l.grid[1] = 2 + i, l.grid[2] = 3 + i;
+    l.block[0] = 32 * (i + 1), l.block[1] = 1 + i, l.block[2] = 1;
+    l.shared_bytes = 49152u * i + 7u;
+    three.launches.push_back(l);
+  }
+  three.workspace_bytes = (5ull << 32) + 3;  // above 2^32: must not be narrowed
+  job.variants.push_back(JobVariant{"sel_fwd.hand_made.three_launches", "sparse", three, bytes({4, 5, 6})});
+
   const std::string line = encode_job(job);
   EXPECT_EQ(line.find('\n'), std::string::npos) << "one job is one line";
   auto back = decode_job(line);
   ASSERT_TRUE(back) << back.error();
   EXPECT_EQ(*back, job);
   EXPECT_EQ(back->seed, 0xFEDCBA9876543210ull);
-  EXPECT_EQ(back->variants[1].plan.workspace_bytes, job.variants[1].plan.workspace_bytes);
+  ASSERT_EQ(back->variants.size(), 3u);
+  for (std::size_t v = 0; v < job.variants.size(); ++v) {
+    const jit::LaunchPlan &want = job.variants[v].plan, &got = back->variants[v].plan;
+    EXPECT_EQ(got.workspace_bytes, want.workspace_bytes) << job.variants[v].key;
+    ASSERT_EQ(got.launches.size(), want.launches.size()) << job.variants[v].key;
+    for (std::size_t i = 0; i < want.launches.size(); ++i) {
+      EXPECT_EQ(got.launches[i].entry, want.launches[i].entry) << job.variants[v].key << " launch " << i;
+      for (int d = 0; d < 3; ++d) {
+        EXPECT_EQ(got.launches[i].grid[d], want.launches[i].grid[d]) << job.variants[v].key << " launch " << i;
+        EXPECT_EQ(got.launches[i].block[d], want.launches[i].block[d]) << job.variants[v].key << " launch " << i;
+      }
+      EXPECT_EQ(got.launches[i].shared_bytes, want.launches[i].shared_bytes) << job.variants[v].key << " launch " << i;
+    }
+  }
+  EXPECT_EQ(back->variants[0].plan.launches[0].entry, "nsa_sdpa_gather") << "launch order is kept";
+  EXPECT_EQ(back->variants[0].plan.launches[1].entry, "nsa_sdpa_attention") << "launch order is kept";
 }
 
 TEST(WorkerProtocol, CubinsAlreadySentAreLeftOut) {
