@@ -20,17 +20,6 @@ namespace nsa::api::testing {
 
 using nlohmann::json;
 
-TempDir::TempDir() {
-  std::string tmpl = "/tmp/nsa-api-XXXXXX";
-  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-  m_path = tmpl;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(m_path, ec);
-}
-
 TestPeer::TestPeer(std::filesystem::path socket_path, Options options)
     : m_path(std::move(socket_path)), m_options(options), m_epoch(options.epoch),
       m_delay_ms(options.dispatch_delay.count()) {

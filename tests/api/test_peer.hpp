@@ -21,6 +21,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../support/temp_dir.hpp"
+
 namespace nsa::api::testing {
 
 inline constexpr int kRejectedBatch = 999;
@@ -81,15 +83,6 @@ class TestPeer {
   bool m_stopped = false;
 };
 
-/// A fresh directory under /tmp (short, so socket paths fit in sun_path), removed on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::filesystem::path& path() const { return m_path; }
-
- private:
-  std::filesystem::path m_path;
-};
+using nsa::test::TempDir;
 
 }  // namespace nsa::api::testing

@@ -15,32 +15,13 @@
 #include <vector>
 
 #include "nsa/cache/verdict_store.hpp"
+#include "../support/temp_dir.hpp"
 
 namespace nsa::cache::testing {
 
 namespace fs = std::filesystem;
 
-/// A directory under $TMPDIR made for one test and removed after it.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "nsa-store-test-XXXXXX").string();
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    m_path = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(m_path, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(m_path, ec);
-  }
-  const fs::path& path() const { return m_path; }
-  fs::path operator/(const std::string& name) const { return m_path / name; }
-
- private:
-  fs::path m_path;
-};
+using nsa::test::TempDir;
 
 /// Every test case gets its own directory and store path.
 class StoreTest : public ::testing::Test {

@@ -8,7 +8,7 @@
 
 #include "nsa/jit/catalog.hpp"
 #include "nsa/jit/device.hpp"
-#include "temp_dir.hpp"
+#include "../support/temp_dir.hpp"
 
 using namespace nsa;
 

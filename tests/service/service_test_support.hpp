@@ -31,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nsa/service/sync_client.hpp"
+#include "../support/temp_dir.hpp"
 
 namespace nsa::service::testing {
 
@@ -45,27 +46,7 @@ inline fs::path build_dir() {
 inline fs::path daemon_binary() { return build_dir() / "service" / "nsa-tuned"; }
 inline fs::path tunectl_binary() { return build_dir() / "service" / "nsa-tunectl"; }
 
-/// A directory made for one test case and removed after it. Short, so that socket paths inside
-/// it fit a sockaddr_un.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "nsa-svc-XXXXXX").string();
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    m_path = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  const fs::path& path() const { return m_path; }
-  fs::path operator/(const std::string& name) const { return m_path / name; }
-
- private:
-  fs::path m_path;
-};
+using nsa::test::TempDir;
 
 inline std::string read_file(const fs::path& p) {
   std::ifstream in(p);
@@ -91,6 +72,20 @@ inline std::optional<int> wait_exit(pid_t pid, std::chrono::milliseconds limit) 
   }
 }
 
+/// The child's half of a fork: adds `env`, runs `before_exec`, execs `argv[0]` (a path, no
+/// $PATH search) and exits 127 if that fails.
+[[noreturn]] inline void exec_in_child(const std::vector<std::string>& argv,
+                                       const std::vector<std::pair<std::string, std::string>>& env,
+                                       const std::function<void()>& before_exec) {
+  for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+  if (before_exec) before_exec();
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  ::execv(args[0], args.data());
+  ::_exit(127);
+}
+
 /// A child process that is killed and reaped when its owner goes away.
 class Child {
  public:
@@ -111,13 +106,7 @@ class Child {
           ::close(fd);
         }
       }
-      for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-      if (before_exec) before_exec();
-      std::vector<char*> args;
-      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      ::execv(args[0], args.data());
-      ::_exit(127);
+      exec_in_child(argv, env, before_exec);
     }
     Child c;
     c.m_pid = pid;
@@ -177,13 +166,7 @@ inline ProcessResult run_process(const std::vector<std::string>& argv,
     int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0666);
     ::dup2(o, 1);
     ::dup2(e, 2);
-    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-    if (before_exec) before_exec();
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
+    exec_in_child(argv, env, before_exec);
   }
   ProcessResult r;
   auto code = wait_exit(pid, limit);
