@@ -80,12 +80,7 @@ std::string human_bytes(std::uint64_t b) {
 
 std::string human_time(std::int64_t unix_s) {
   if (unix_s <= 0) return "-";
-  std::time_t t = unix_s;
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%SZ", &tm);
-  return buf;
+  return nsa::tuner::format_utc(unix_s, "%Y-%m-%d %H:%M:%SZ");
 }
 
 std::string human_duration(double s) {
@@ -137,10 +132,19 @@ std::optional<json> call(SyncClient& c, const Paths& p, json request, int& code)
   return std::move(*r);
 }
 
-std::expected<nsa::cache::VerdictStore, std::string> open_store(const Paths& p) {
+/// For the commands that read the store when no daemon answers: says so on stderr (why the
+/// daemon did not answer, which file is read instead) and opens the store read-only. nullopt
+/// once it has printed why the store cannot be read either.
+std::optional<nsa::cache::VerdictStore> open_store_instead(const Paths& p, const std::string& why) {
   const auto path = p.state_dir / "state.db";
+  std::cerr << "nsa-tunectl: no daemon answers on " << p.socket.string() << " (" << why << "); reading the store "
+            << path.string() << " directly\n";
   auto s = nsa::cache::VerdictStore::open_read_only(path);
-  if (!s) return std::unexpected("cannot read the store " + path.string() + " (" + s.error().code + "): " + s.error().message);
+  if (!s) {
+    std::cerr << "nsa-tunectl: cannot read the store " << path.string() << " (" << s.error().code
+              << "): " << s.error().message << "\n";
+    return std::nullopt;
+  }
   return std::move(*s);
 }
 
@@ -234,13 +238,8 @@ int cmd_report(const Paths& p, const std::string& format_name, bool format_given
       }
     }
   } else {
-    std::cerr << "nsa-tunectl: no daemon answers on " << p.socket.string() << " (" << why
-              << "); reading the store " << (p.state_dir / "state.db").string() << " directly\n";
-    auto store = open_store(p);
-    if (!store) {
-      std::cerr << "nsa-tunectl: " << store.error() << "\n";
-      return exit_code::error_reply;
-    }
+    auto store = open_store_instead(p, why);
+    if (!store) return exit_code::error_reply;
     try {
       model = nsa::tuner::build_report(*store, recorded_classes(*store));
     } catch (const nsa::cache::StoreFailure& e) {
@@ -464,11 +463,8 @@ void print_daemon_status(const json& s) {
 }
 
 int store_status(const Paths& p, bool as_json, const std::string& why) {
-  auto store = open_store(p);
-  if (!store) {
-    std::cerr << "nsa-tunectl: " << store.error() << "\n";
-    return exit_code::error_reply;
-  }
+  auto store = open_store_instead(p, why);
+  if (!store) return exit_code::error_reply;
   try {
     json j;
     j["daemon"] = nullptr;
@@ -528,8 +524,6 @@ int cmd_status(const Paths& p, bool as_json) {
     else print_daemon_status(*r);
     return exit_code::ok;
   }
-  std::cerr << "nsa-tunectl: no daemon answers on " << p.socket.string() << " (" << why
-            << "); reading the store " << (p.state_dir / "state.db").string() << " directly\n";
   return store_status(p, as_json, why);
 }
 
@@ -591,13 +585,8 @@ int cmd_pins(const Paths& p, bool as_json) {
     if (!r) return code;
     pins = (*r)["pins"];
   } else {
-    std::cerr << "nsa-tunectl: no daemon answers on " << p.socket.string() << " (" << why
-              << "); reading the store " << (p.state_dir / "state.db").string() << " directly\n";
-    auto store = open_store(p);
-    if (!store) {
-      std::cerr << "nsa-tunectl: " << store.error() << "\n";
-      return exit_code::error_reply;
-    }
+    auto store = open_store_instead(p, why);
+    if (!store) return exit_code::error_reply;
     for (const auto& pin : store->pins())
       pins.push_back(json{{"arch", pin.arch}, {"backend", pin.backend}, {"reason", pin.reason},
                           {"seeded", pin.seeded}, {"created_by", pin.created_by}, {"created_at", pin.created_at}});

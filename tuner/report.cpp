@@ -39,15 +39,6 @@ using nlohmann::json;
 /// NaN and infinity become null: JSON has no spelling for them.
 json number(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
-std::string iso_time(std::int64_t unix_seconds) {
-  std::time_t t = static_cast<std::time_t>(unix_seconds);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 json pin_json(const cache::Pin& p) {
   return json{{"backend", p.backend},       {"reason", p.reason},         {"seeded", p.seeded},
               {"created_by", p.created_by}, {"created_at", p.created_at}};
@@ -125,7 +116,7 @@ json build_report(const cache::VerdictStore& store,
     if (!v.stale && !v.experimental) served.emplace(v.device_class.arch, v.family);
 
   json out;
-  out["generated_at"] = iso_time(static_cast<std::int64_t>(std::time(nullptr)));
+  out["generated_at"] = format_utc(static_cast<std::int64_t>(std::time(nullptr)), "%Y-%m-%dT%H:%M:%SZ");
   out["store"] = json{{"path", store.path().string()},
                       {"schema_version", store.schema_version()},
                       {"epoch", store.epoch()}};

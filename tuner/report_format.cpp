@@ -67,12 +67,7 @@ std::string integer(const json& obj, const char* name, const std::string& missin
 std::string date(const json& obj, const char* name) {
   const json& v = field(obj, name);
   if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) return "-";
-  std::time_t t = static_cast<std::time_t>(v.get<std::int64_t>());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
-  return buf;
+  return format_utc(v.get<std::int64_t>(), "%Y-%m-%d %H:%M");
 }
 
 const json& array(const json& obj, const char* name) {
@@ -414,6 +409,15 @@ std::string render_report(const json& report, ReportFormat format) {
     case ReportFormat::json: return report.dump(2) + "\n";
   }
   return render_text(report);
+}
+
+std::string format_utc(std::int64_t unix_seconds, const char* format) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  if (std::strftime(buf, sizeof buf, format, &tm) == 0) return "-";
+  return buf;
 }
 
 }  // namespace nsa::tuner

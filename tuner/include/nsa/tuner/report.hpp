@@ -3,6 +3,7 @@
 // as a JSON model (the daemon's `report` reply carries it; nsa-tunectl builds it from the store
 // directly when no daemon runs), then rendered. docs/report.md explains how to read it.
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,5 +34,9 @@ nlohmann::json build_report(const cache::VerdictStore&,
 /// std::invalid_argument only when `report` is not a report at all (not an object, or no
 /// "archs" array).
 std::string render_report(const nlohmann::json& report, ReportFormat);
+
+/// `unix_seconds` as UTC time in the strftime `format` ("%Y-%m-%dT%H:%M:%SZ", ...): how the
+/// report, its renderers and nsa-tunectl print the store's timestamps.
+std::string format_utc(std::int64_t unix_seconds, const char* format);
 
 }  // namespace nsa::tuner
