@@ -226,10 +226,9 @@ std::vector<api::Problem> Handler::dispatch_problems(const api::Request& r) {
 
 void Handler::answer_dispatch(const json& id, const std::vector<api::Problem>& problems, std::string& out) {
   auto snapshot = m_state.snapshot();
-  if (snapshot.get() != m_memo_snapshot || m_memo.size() > kMemoLimit) {
+  if (snapshot != m_memo_snapshot || m_memo.size() > kMemoLimit) {
     m_memo.clear();
-    m_memo_snapshot = snapshot.get();
-    m_memo_snapshot_owner = snapshot;
+    m_memo_snapshot = snapshot;
   }
   const std::int64_t now = now_unix();
   // The reply is written by hand, keys in the order nlohmann would sort them, so a memoized

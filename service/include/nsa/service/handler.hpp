@@ -127,8 +127,9 @@ class Handler {
   };
   static constexpr std::size_t kMemoLimit = 1 << 16;
   std::unordered_map<api::Problem, MemoEntry, ProblemHash> m_memo;
-  const Snapshot* m_memo_snapshot = nullptr;
-  std::shared_ptr<const Snapshot> m_memo_snapshot_owner;  // keeps the address from being reused
+  // The snapshot the memo was filled from, held so that its address cannot be reused by a newer
+  // snapshot (which would make a stale memo look current).
+  std::shared_ptr<const Snapshot> m_memo_snapshot;
 };
 
 }  // namespace nsa::service
