@@ -60,7 +60,6 @@ std::uint16_t float_to_fp16(float value) {
 
 float to_float(ElemType t, std::uint16_t bits) { return t == ElemType::bf16 ? bf16_to_float(bits) : fp16_to_float(bits); }
 std::uint16_t from_float(ElemType t, float v) { return t == ElemType::bf16 ? float_to_bf16(v) : float_to_fp16(v); }
-float round_to(ElemType t, float v) { return to_float(t, from_float(t, v)); }
 std::uint16_t nan_bits(ElemType t) { return t == ElemType::bf16 ? 0x7fc0 : 0x7e00; }
 
 std::vector<std::uint16_t> encode(ElemType t, std::span<const float> values) {

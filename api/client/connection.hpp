@@ -67,7 +67,6 @@ class Connection {
                                                int cancel_fd = -1, std::string_view then = {});
 
   int fd() const { return m_fd; }
-  bool is_open() const { return m_fd >= 0; }
   void close();
 
  private:

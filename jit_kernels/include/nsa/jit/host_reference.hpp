@@ -27,8 +27,6 @@ std::uint16_t float_to_fp16(float value);
 
 float to_float(ElemType, std::uint16_t bits);
 std::uint16_t from_float(ElemType, float value);
-/// `value` rounded to the dtype and widened back: what a tensor of that dtype holds.
-float round_to(ElemType, float value);
 std::vector<std::uint16_t> encode(ElemType, std::span<const float> values);
 std::vector<float> decode(ElemType, std::span<const std::uint16_t> bits);
 /// A NaN of the dtype, for poisoning outputs: 0x7FC0 (bf16), 0x7E00 (fp16).
