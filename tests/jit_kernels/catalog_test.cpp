@@ -226,7 +226,9 @@ TEST(Catalog, SplitKvGivesEveryCtaOfAFullRowATileAndNoIdleStages) {
     const int split = v.knob("split", 0), tile = v.knob("tile", 0), stages = v.knob("stages", 0);
     const int tiles = 16 * 64 / tile, per_cta = (tiles + split - 1) / split;
     EXPECT_LE(split, tiles) << v.key();
-    if (stages > 2) EXPECT_LE(stages - 1, per_cta) << v.key();
+    if (stages > 2) {
+      EXPECT_LE(stages - 1, per_cta) << v.key();
+    }
     split32_tile32 |= split == 32 && tile == 32;
     split16_stages2 |= split == 16 && tile == 64 && stages == 2;
   }
