@@ -33,10 +33,10 @@ Answer no_device(std::string reason) { return Answer::fallback(Provenance::no_de
 /// The verdict of `table` for the problem's family at the nearest measured point, if any.
 std::optional<Answer> measured(const ClassVerdicts* table, const cache::DeviceClass& cls,
                                const std::string& family, const api::Problem& problem) {
-  const api::Point point = api::point_of(problem);
   if (!table) return std::nullopt;
   auto it = table->find(family);
   if (it == table->end() || it->second.points.empty()) return std::nullopt;
+  const api::Point point = api::point_of(problem);
   auto index = api::nearest_point(point, it->second.points);
   if (!index) return std::nullopt;
   const cache::Verdict& v = it->second.verdicts[*index];
@@ -60,17 +60,16 @@ std::optional<Answer> measured(const ClassVerdicts* table, const cache::DeviceCl
     }
     plan_error = launch.error();
   }
-  {
-    a.backend = Backend::sdpa;
-    a.reason = "SDPA wins" + where;
-    if (!v.variant.empty()) a.reason += "; best sparse " + v.variant + " at " + fmt_speedup(v.speedup);
-    if (!v.reason.empty()) a.reason += " (" + v.reason + ")";
-    if (!plan_error.empty()) {
-      a.variant = v.variant;
-      a.reason = "the verdict chose " + v.variant + where + ", but it cannot be launched here (" + plan_error +
-                 "); running SDPA";
-    }
+  a.backend = Backend::sdpa;
+  if (!plan_error.empty()) {
+    a.variant = v.variant;
+    a.reason = "the verdict chose " + v.variant + where + ", but it cannot be launched here (" + plan_error +
+               "); running SDPA";
+    return a;
   }
+  a.reason = "SDPA wins" + where;
+  if (!v.variant.empty()) a.reason += "; best sparse " + v.variant + " at " + fmt_speedup(v.speedup);
+  if (!v.reason.empty()) a.reason += " (" + v.reason + ")";
   return a;
 }
 
