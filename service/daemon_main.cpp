@@ -105,7 +105,8 @@ int run(int argc, char** argv) {
       break;
     case SocketState::stale:
       if (::unlink(config.socket.c_str()) != 0) {
-        NSA_ERROR("cannot remove the stale socket %s: %s", config.socket.c_str(), std::strerror(errno));
+        NSA_ERROR("cannot remove the stale socket %s: %s; remove it by hand or choose another --socket",
+                  config.socket.c_str(), std::strerror(errno));
         return daemon_exit::cannot_serve;
       }
       NSA_INFO("replaced the stale socket %s (its daemon is gone)", config.socket.c_str());
