@@ -23,7 +23,7 @@ namespace nsa_layout {
 
 constexpr int kPad = 8;            // elements of padding per bf16/fp16 smem row
 constexpr int kMaxRows = 128;      // largest M (query rows x heads) of one CTA
-constexpr int kMaxSplit = 32;      // largest split of split_kv (one lane per split in combine)
+constexpr int kMaxSplit = 32;      // largest split of split_kv (the merging CTA holds every split's m in registers)
 
 NSA_HD constexpr long long round_up(long long x, long long m) { return (x + m - 1) / m * m; }
 NSA_HD constexpr int min_i(int a, int b) { return a < b ? a : b; }
