@@ -272,25 +272,15 @@ std::string nvrtc_version() {
 }
 
 std::string kernel_source_hash() {
-  // FNV-1a 64 over every embedded file in name order, each as name NUL text NUL, so renaming a
-  // file or moving text between files changes the hash as well as editing it.
+  // Every embedded file in name order, each as name NUL text NUL, so renaming a file or moving
+  // text between files changes the hash as well as editing it.
   static const std::string hash = [] {
-    std::uint64_t h = 0xcbf29ce484222325ull;
-    auto mix = [&](std::string_view s) {
-      for (unsigned char c : s) {
-        h ^= c;
-        h *= 0x100000001b3ull;
-      }
-      h ^= 0;
-      h *= 0x100000001b3ull;
-    };
+    std::string all;
     for (const auto& src : embedded_sources()) {
-      mix(src.name);
-      mix(src.text);
+      all.append(src.name).push_back('\0');
+      all.append(src.text).push_back('\0');
     }
-    char s[17];
-    std::snprintf(s, sizeof s, "%016llx", static_cast<unsigned long long>(h));
-    return std::string(s);
+    return source_text_hash(all);
   }();
   return hash;
 }

@@ -13,6 +13,7 @@
 
 #include "nsa/jit/device.hpp"
 #include "nsa/jit/nvrtc.hpp"
+#include "nsa/jit/sources.hpp"
 
 namespace nsa::tuner {
 
@@ -488,24 +489,12 @@ jit::RuntimeShape shape_of(const api::Point& p) {
   return jit::RuntimeShape{p.batch, p.t_q, p.t_kv, p.h_kv};
 }
 
-namespace {
-std::string fnv1a_hex(std::string_view text) {
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-}  // namespace
 
 jit::CubinKey worker_kernels_key(const std::string& arch) {
   jit::CubinKey key;
   key.variant_key = "nsa_worker.kernels." + arch;
   key.arch = arch;
-  key.source_hash = fnv1a_hex(worker_kernel_source());
+  key.source_hash = jit::source_text_hash(worker_kernel_source());
   key.options = jit::options_string(arch);
   key.nvrtc_version = jit::nvrtc_version();
   return key;

@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace nsa::jit {
@@ -23,5 +24,9 @@ std::span<const EmbeddedSource> embedded_sources();
 
 /// The text of the embedded file called `name` ("query_outer.cu"); nullopt when there is none.
 std::optional<std::string_view> find_source(std::string_view name);
+
+/// FNV-1a 64 of `text` as 16 lower-case hex digits: the hash that names a version of kernel
+/// source text in cache keys and device classes (stable across builds and hosts).
+std::string source_text_hash(std::string_view text);
 
 }  // namespace nsa::jit
