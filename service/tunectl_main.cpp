@@ -52,6 +52,7 @@
 #include "nsa/tuner/kernel_cache.hpp"
 #include "nsa/tuner/report.hpp"
 #include "nsa/tuner/verdict_policy.hpp"
+#include "nsa/tuner/worker_protocol.hpp"
 
 using nlohmann::json;
 using namespace nsa::service;
@@ -267,14 +268,7 @@ std::optional<nsa::jit::FamilySpec> family_spec(const std::string& key) {
   auto f = nsa::api::Family::parse(key);
   if (!f) f = nsa::api::Family::parse(key + ".decode");
   if (!f) return std::nullopt;
-  nsa::jit::FamilySpec spec;
-  spec.dtype = f->dtype == nsa::api::DType::bf16 ? nsa::jit::ElemType::bf16 : nsa::jit::ElemType::fp16;
-  spec.d_qk = f->d_qk;
-  spec.d_v = f->d_v;
-  spec.h = f->h;
-  spec.block = f->block;
-  spec.n = f->n;
-  return spec;
+  return nsa::tuner::spec_of(*f);
 }
 
 int cmd_compile(const Paths& p, const CompileArgs& a) {
