@@ -37,8 +37,14 @@ const std::vector<Knob>& knobs_of(Design d) {
   // tiles) owns two tiles per CTA, and three stages put both in flight at once.
   // split_kv_problem() prunes the splits that would leave CTAs without a tile and the rings
   // deeper than a CTA's share.
-  static const std::vector<Knob> split = {
-      {"split", {8, 16, 4, 32, 2}}, {"warps", {4, 2}}, {"tile", {64, 32}}, {"stages", {3, 2, 4}}};
+  // cluster = 1 (sm_90 and newer, split <= 8) makes a row's CTAs one thread-block cluster that
+  // merges through distributed shared memory instead of a global workspace and an atomic arrival;
+  // it is preferred where it exists, and cluster = 0 stays in the space for the tuner to compare.
+  static const std::vector<Knob> split = {{"split", {8, 16, 4, 32, 2}},
+                                          {"warps", {4, 2}},
+                                          {"tile", {64, 32}},
+                                          {"stages", {3, 2, 4}},
+                                          {"cluster", {1, 0}}};
   static const std::vector<Knob> prefill = {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
   switch (d) {
@@ -87,8 +93,9 @@ std::int64_t engine_smem(const KernelVariant& v) {
   switch (v.design) {
     case Design::reference: return 0;
     case Design::sdpa_packed: return L::packed_attention_smem(s.d_qk, s.d_v, s.h, warps, tile, stages);
-    case Design::query_outer:
-    case Design::split_kv: return L::query_outer_smem(s.d_qk, s.d_v, s.h, s.n, warps, tile, stages);
+    case Design::query_outer: return L::query_outer_smem(s.d_qk, s.d_v, s.h, s.n, warps, tile, stages);
+    case Design::split_kv:
+      return L::split_kv_smem(s.d_qk, s.d_v, s.h, s.n, warps, tile, stages, knob_value(v, "cluster"));
     case Design::prefill_shared:
       return L::prefill_shared_smem(s.d_qk, s.d_v, s.h, s.n, knob_value(v, "qtile"), warps, tile, stages);
   }
@@ -113,6 +120,14 @@ std::string split_kv_problem(const KernelVariant& v) {
     return "split=" + std::to_string(split) + " exceeds the " + std::to_string(tiles) + " tiles of " +
            std::to_string(tile) + " keys in a full row (n*block = " + std::to_string(keys) +
            " keys): some CTAs would own no tile; use a smaller split or tile";
+  if (knob_value(v, "cluster") == 1) {
+    if (arch_number(v.arch) < 90)
+      return "cluster=1 needs thread-block clusters and distributed shared memory (sm_90 or newer); " + v.arch +
+             " has neither: use cluster=0";
+    if (split > 8)
+      return "cluster=1 makes the split=" + std::to_string(split) +
+             " CTAs of a row one cluster, and clusters of more than 8 CTAs are not portable: use split <= 8";
+  }
   const std::int64_t per_cta = (tiles + split - 1) / split;
   if (stages > 2 && stages - 1 > per_cta)
     return "stages=" + std::to_string(stages) + " keeps " + std::to_string(stages - 1) +
@@ -301,9 +316,14 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       break;
     case Design::split_kv: {
       const int split = knob_value(v, "split");
-      // One launch: the last CTA of each row merges the row's partials (split_kv.cu).
-      plan.launches.push_back(launch("nsa_split_kv", rows * split, engine_threads, engine_smem(v)));
-      plan.workspace_bytes = static_cast<std::uint64_t>(L::split_workspace_bytes(rows, split, s.h, s.d_v));
+      // One launch; the row's partials are merged by its cluster (cluster = 1: no workspace) or
+      // by its last CTA to arrive (split_kv.cu). The grid stays a multiple of split, so a
+      // cluster never straddles two rows when the kernel loops past the grid limit.
+      Launch l = launch("nsa_split_kv", rows * split, engine_threads, engine_smem(v));
+      l.grid[0] = static_cast<unsigned>(std::min<std::int64_t>(rows * split, kMaxGrid / split * split));
+      plan.launches.push_back(l);
+      if (knob_value(v, "cluster") == 0)
+        plan.workspace_bytes = static_cast<std::uint64_t>(L::split_workspace_bytes(rows, split, s.h, s.d_v));
       break;
     }
     case Design::prefill_shared: {

@@ -86,6 +86,12 @@ NSA_HD constexpr long long union_bytes(int qtile, int n) {
 NSA_HD constexpr long long query_outer_smem(int dqk, int dv, int h, int n, int warps, int tile, int stages) {
   return row_list_bytes(n) + core_bytes(dqk, dv, m_tiles(h), warps, tile, stages);
 }
+/// split_kv with cluster = 1: the CTA's partial result stays in its own shared memory for the
+/// cluster's merge: O [h][D_v], m [h], l [h] (fp32), after the row list and before the engine.
+NSA_HD constexpr long long split_partial_bytes(int h, int dv) { return round_up((long long)h * (dv + 2) * 4, 128); }
+NSA_HD constexpr long long split_kv_smem(int dqk, int dv, int h, int n, int warps, int tile, int stages, int cluster) {
+  return query_outer_smem(dqk, dv, h, n, warps, tile, stages) + (cluster != 0 ? split_partial_bytes(h, dv) : 0);
+}
 NSA_HD constexpr long long packed_attention_smem(int dqk, int dv, int h, int warps, int tile, int stages) {
   return core_bytes(dqk, dv, m_tiles(h), warps, tile, stages);
 }

@@ -167,6 +167,45 @@ __device__ __forceinline__ void st_relaxed_gpu(unsigned long long* addr, unsigne
   asm volatile("st.relaxed.gpu.global.u64 [%0], %1;\n" ::"l"(addr), "l"(v) : "memory");
 }
 
+// ---- thread-block clusters (sm_90) -----------------------------------------------------------
+// Only the cluster variants of split_kv use these; the catalog offers those on sm_90 and newer
+// only, and the kernel compiles this code only when NSA_KNOB_CLUSTER is 1.
+
+/// This CTA's rank in its cluster (PTX %cluster_ctarank).
+__device__ __forceinline__ u32 cluster_cta_rank() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+/// A barrier over every thread of every CTA in the cluster: what each thread wrote to shared (or
+/// global) memory before arriving is visible to every thread of the cluster after it waits
+/// (arrive has release, wait has acquire semantics at cluster scope). Every thread must call it,
+/// warp-uniformly (.aligned).
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+/// The shared::cluster address of the word at shared address `local` in CTA `rank` of the cluster.
+__device__ __forceinline__ u32 cluster_map(u32 local, u32 rank) {
+  u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
+  return remote;
+}
+/// Loads from another CTA's shared memory (distributed shared memory) at a cluster_map address.
+__device__ __forceinline__ float ld_cluster_f32(u32 addr) {
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ float4 ld_cluster_f32x4(u32 addr) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+
 // ---- grid identity -----------------------------------------------------------------------------
 
 /// The temporal launch number of this grid in its context (PTX %gridid): the same for every CTA

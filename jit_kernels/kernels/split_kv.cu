@@ -45,21 +45,40 @@
 // Example: B = 1, H_kv = 4, n = 16 blocks of 64, TILE = 64 and SPLIT = 8: 32 CTAs of two tiles
 // each instead of 4 CTAs of 16 tiles; the 4 last arrivals merge 8 partials of 16 x 128 floats.
 //
+// The cluster variant (NSA_KNOB_CLUSTER = 1, sm_90 and newer, SPLIT <= 8) replaces all of that
+// with on-chip traffic: the row's SPLIT CTAs are one thread-block cluster (__cluster_dims__), each
+// keeps its partial in its own shared memory, and after a cluster barrier each merges 1/SPLIT of
+// the row's (head, chunk) items by reading its peers' partials through distributed shared memory
+// (merge_in_cluster below). What it saves per row: the partial's round trip through L2, the
+// release/acquire arrival, and the serial merge by one CTA. What it costs: the SPLIT CTAs of a
+// cluster must be resident on one GPC at once.
+//
 // Knobs: NSA_KNOB_SPLIT (2..32), NSA_KNOB_WARPS (2, 4), NSA_KNOB_TILE (32, 64),
-// NSA_KNOB_STAGES (2..4); the catalog offers only splits that give every CTA of a full row a
-// tile and pipelines no deeper than a CTA's share. K/V copies always carry the L2 evict-first
-// hint: this design exists for decode, where every selected byte is read once. Launch:
-// nsa_split_kv with grid.x = min(rows*SPLIT, 2^31-1) (CTAs loop over the rest), block =
-// 32 * warps. Workspace: nsa_layout::split_workspace_bytes(rows, SPLIT, h, D_v); its contents
-// need no initialisation.
+// NSA_KNOB_STAGES (2..4), NSA_KNOB_CLUSTER (0, 1); the catalog offers only splits that give
+// every CTA of a full row a tile and pipelines no deeper than a CTA's share. K/V copies always
+// carry the L2 evict-first hint: this design exists for decode, where every selected byte is
+// read once. Launch: nsa_split_kv with grid.x = min(rows*SPLIT, the largest multiple of SPLIT
+// <= 2^31-1) (CTAs loop over the rest), block = 32 * warps. Workspace (cluster = 0 only):
+// nsa_layout::split_workspace_bytes(rows, SPLIT, h, D_v); its contents need no initialisation.
 #include "selected_row.cuh"
 
-#if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_TILE) || !defined(NSA_KNOB_STAGES)
-#error "split_kv.cu needs the knobs split, warps, tile and stages (jit_kernels/catalog.cpp)"
+#if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_TILE) || !defined(NSA_KNOB_STAGES) || \
+    !defined(NSA_KNOB_CLUSTER)
+#error "split_kv.cu needs the knobs split, warps, tile, stages and cluster (jit_kernels/catalog.cpp)"
 #endif
 
 constexpr int SPLIT = NSA_KNOB_SPLIT;
 static_assert(SPLIT >= 1 && SPLIT <= nsa_layout::kMaxSplit, "split must be in [1, 32]");
+#if NSA_KNOB_CLUSTER
+static_assert(SPLIT <= 8, "a cluster of more than 8 CTAs is not portable");
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define NSA_SPLIT_CLUSTER_DIMS __cluster_dims__(SPLIT, 1, 1)
+#else
+#error "split_kv with cluster=1 needs sm_90 or newer (thread-block clusters)"
+#endif
+#else
+#define NSA_SPLIT_CLUSTER_DIMS
+#endif
 
 using Core = AttentionCore<nsa_layout::m_tiles(H), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES, true>;
 
@@ -93,10 +112,98 @@ __device__ __forceinline__ bool arrive_last(unsigned long long* counter, unsigne
   }
 }
 
-extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_split_kv(const SelectionParams p) {
+#if NSA_KNOB_CLUSTER
+/// The cluster variant (cluster = 1): the SPLIT CTAs of a row are one thread-block cluster. Each
+/// keeps its partial in its own shared memory (`part`: O [H][D_v], m [H], l [H]); after a cluster
+/// barrier every CTA merges a 1/SPLIT share of the row's (head, chunk) items, reading the peers'
+/// partials through distributed shared memory; a second barrier keeps every CTA (and so its
+/// shared memory) alive until the peers are done reading it. No workspace, no global atomics, no
+/// partial round trip through L2: the merge costs two on-chip barriers and one DSMEM round trip.
+__device__ __forceinline__ void merge_in_cluster(float* part, const SelectionParams& p, const RowId& r) {
+  constexpr int THREADS = Core::THREADS;
+  const long long h_q = p.h_kv * H;
+  elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
+  float* LSE = reinterpret_cast<float*>(p.lse);
+  float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
+  const u32 rank = cluster_cta_rank();
+  const u32 o_base = smem_addr(part), m_base = smem_addr(part + H * DV), l_base = smem_addr(part + H * DV + H);
+  for (int it = (int)rank * THREADS + (int)threadIdx.x; it < H * (DV / 8); it += SPLIT * THREADS) {
+    const int i = it / (DV / 8), ch = it % (DV / 8);
+    float ms[SPLIT];
+    float mx = NSA_NEG_INF;
+#pragma unroll
+    for (int sp = 0; sp < SPLIT; ++sp) {
+      ms[sp] = ld_cluster_f32(cluster_map(m_base + i * 4, sp));
+      mx = fmaxf(mx, ms[sp]);
+    }
+    const float base = mx == NSA_NEG_INF ? 0.f : mx;
+    float acc[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+    float l = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < SPLIT; ++sp) {
+      // An empty share wrote only m = -inf (its O and l are stale): skipped, not scaled by 0.
+      if (ms[sp] == NSA_NEG_INF) continue;
+      const u32 src = cluster_map(o_base + (i * DV + ch * 8) * 4, sp);
+      const float4 x0 = ld_cluster_f32x4(src), x1 = ld_cluster_f32x4(src + 16);
+      const float w = fast_exp2(ms[sp] - base);
+      l += w * ld_cluster_f32(cluster_map(l_base + i * 4, sp));
+      acc[0] += w * x0.x;
+      acc[1] += w * x0.y;
+      acc[2] += w * x0.z;
+      acc[3] += w * x0.w;
+      acc[4] += w * x1.x;
+      acc[5] += w * x1.y;
+      acc[6] += w * x1.z;
+      acc[7] += w * x1.w;
+    }
+    store_output_chunk(o_rows + (long long)i * DV, lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch,
+                       acc, mx, l);
+  }
+}
+#endif
+
+#if NSA_KNOB_CLUSTER
+/// cluster = 1: the row's SPLIT CTAs are one cluster (consecutive blockIdx.x, grid.x a multiple
+/// of SPLIT), so every CTA of the cluster takes the same items and its share is its rank.
+__device__ __forceinline__ void split_rows_in_cluster(const SelectionParams& p, unsigned char* smem) {
   constexpr long long kExtras = nsa_layout::row_list_bytes(NSEL);
-  require_smem(nsa_layout::query_outer_smem(DQK, DV, H, NSEL, NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES));
-  unsigned char* smem = dynamic_smem();
+  float* part = reinterpret_cast<float*>(smem + kExtras);
+  Core core;
+  core.init(smem + kExtras + nsa_layout::split_partial_bytes(H, DV));
+  SelectedRow row;
+  const long long rows = p.batch * p.h_kv * p.t_q;
+  for (long long item = blockIdx.x; item < rows * SPLIT; item += gridDim.x) {
+    const long long rid = item / SPLIT;
+    const int s = (int)(item % SPLIT);
+    const RowId r = split_row(rid, p);
+    row.build(reinterpret_cast<int*>(smem), p, r);
+    const long long ntiles = (row.npos + Core::TILE_KEYS - 1) / Core::TILE_KEYS;
+    const long long first = s * ntiles / SPLIT, last = (s + 1) * ntiles / SPLIT;
+    if (last > first) {
+      attend_selected_row(core, row, p, r, first, last - first,
+                          [&](int i, int ch, const float (&acc)[8], float m, float l) {
+                            float4* dst = reinterpret_cast<float4*>(part + i * DV + ch * 8);
+                            dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+                            dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+                            if (ch == 0) {
+                              part[H * DV + i] = m;
+                              part[H * DV + H + i] = l;
+                            }
+                          });
+    } else {
+      for (int i = threadIdx.x; i < H; i += Core::THREADS) part[H * DV + i] = NSA_NEG_INF;
+    }
+    cluster_sync();  // every CTA's partial is written and visible cluster-wide
+    merge_in_cluster(part, p, r);
+    cluster_sync();  // no CTA leaves or rebuilds its partial while a peer may still read it
+  }
+}
+#else
+/// cluster = 0: partials in the global workspace, merged by the row's last CTA to arrive.
+__device__ __forceinline__ void split_rows_through_l2(const SelectionParams& p, unsigned char* smem) {
+  constexpr long long kExtras = nsa_layout::row_list_bytes(NSEL);
   Core core;
   core.init(smem + kExtras);
   SelectedRow row;
@@ -190,4 +297,15 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_split_kv(cons
     }
     __syncthreads();  // the row list is rebuilt for the next item
   }
+}
+#endif
+
+extern "C" __global__ void NSA_SPLIT_CLUSTER_DIMS __launch_bounds__(Core::THREADS, 1) nsa_split_kv(const SelectionParams p) {
+  require_smem(nsa_layout::split_kv_smem(DQK, DV, H, NSEL, NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES,
+                                         NSA_KNOB_CLUSTER));
+#if NSA_KNOB_CLUSTER
+  split_rows_in_cluster(p, dynamic_smem());
+#else
+  split_rows_through_l2(p, dynamic_smem());
+#endif
 }

@@ -160,7 +160,9 @@ TEST(Catalog, RowWisePlansLaunchOneCtaPerRow) {
 }
 
 TEST(Catalog, SplitKvIsOneLaunchWhoseWorkspaceEndsWithAlignedCounters) {
-  KernelVariant v = default_variant(Design::split_kv, kDecode, "sm_90");
+  // The global-workspace merge (cluster = 0; the only one below sm_90).
+  KernelVariant v = default_variant(Design::split_kv, kDecode, "sm_86");
+  ASSERT_EQ(v.knob("cluster", -1), 0);
   const int split = v.knob("split", 0);
   ASSERT_GT(split, 1);
   const RuntimeShape shape{1, 1, 32768, 4};
@@ -187,6 +189,49 @@ TEST(Catalog, SplitKvIsOneLaunchWhoseWorkspaceEndsWithAlignedCounters) {
           EXPECT_EQ(L::split_fallback_offset(rows, sp, h, dv), c + rows * 8);
           EXPECT_GE(L::split_workspace_bytes(rows, sp, h, dv), c + rows * 16);
         }
+}
+
+TEST(Catalog, SplitKvClustersMergeOnChipOnSm90Only) {
+  // Preferred on sm_90: the row's CTAs form a cluster and merge through distributed shared
+  // memory, so the plan has no workspace, one launch, and a grid of whole clusters.
+  const KernelVariant v = default_variant(Design::split_kv, kDecode, "sm_90");
+  ASSERT_EQ(v.knob("cluster", -1), 1);
+  const int split = v.knob("split", 0);
+  const LaunchPlan plan = plan_for(v, RuntimeShape{3, 1, 32768, 4});
+  ASSERT_EQ(plan.launches.size(), 1u);
+  EXPECT_EQ(plan.launches[0].grid[0], 12u * static_cast<unsigned>(split));
+  EXPECT_EQ(plan.workspace_bytes, 0u);
+  // Its partial lives in shared memory next to the engine's: more than the cluster = 0 twin.
+  KernelVariant twin = v;
+  for (auto& [name, value] : twin.knobs)
+    if (name == "cluster") value = 0;
+  EXPECT_EQ(shared_bytes_for(v), shared_bytes_for(twin) + nsa_layout::split_partial_bytes(16, 128));
+
+  std::set<int> cluster_splits, plain_splits;
+  for (const auto& x : variants_for(kDecode, "sm_90", Design::split_kv))
+    (x.knob("cluster", -1) == 1 ? cluster_splits : plain_splits).insert(x.knob("split", 0));
+  EXPECT_EQ(cluster_splits, (std::set<int>{2, 4, 8}));  // portable clusters hold at most 8 CTAs
+  EXPECT_EQ(plain_splits, (std::set<int>{2, 4, 8, 16, 32}));
+  for (const char* arch : {"sm_80", "sm_86", "sm_89"})
+    for (const auto& x : variants_for(kDecode, arch, Design::split_kv)) EXPECT_EQ(x.knob("cluster", -1), 0) << x.key();
+
+  KernelVariant old_arch = v;
+  old_arch.arch = "sm_89";
+  try {
+    (void)plan_for(old_arch, RuntimeShape{1, 1, 32768, 4});
+    ADD_FAILURE() << "a cluster variant was planned for sm_89";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("cluster=1 needs thread-block clusters"), std::string::npos) << e.what();
+  }
+  KernelVariant wide = v;
+  for (auto& [name, value] : wide.knobs)
+    if (name == "split") value = 16;
+  try {
+    (void)plan_for(wide, RuntimeShape{1, 1, 32768, 4});
+    ADD_FAILURE() << "a cluster of 16 CTAs was planned";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("not portable"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Catalog, EvictFirstIsAQueryOuterKnobOffByDefault) {
@@ -237,7 +282,7 @@ TEST(Catalog, SplitKvGivesEveryCtaOfAFullRowATileAndNoIdleStages) {
 
   // A setting the catalog prunes is refused by plan_for with the reason.
   KernelVariant idle = default_variant(Design::split_kv, kDecode, "sm_90");
-  idle.knobs = {{"split", 32}, {"warps", 4}, {"tile", 64}, {"stages", 2}};
+  idle.knobs = {{"split", 32}, {"warps", 4}, {"tile", 64}, {"stages", 2}, {"cluster", 0}};
   try {
     (void)plan_for(idle, RuntimeShape{16, 1, 32768, 4});
     ADD_FAILURE() << "split 32 of 16 tiles was planned";
@@ -245,7 +290,7 @@ TEST(Catalog, SplitKvGivesEveryCtaOfAFullRowATileAndNoIdleStages) {
     EXPECT_NE(std::string(e.what()).find("split=32 exceeds the 16 tiles of 64 keys"), std::string::npos) << e.what();
   }
   KernelVariant deep = idle;
-  deep.knobs = {{"split", 16}, {"warps", 4}, {"tile", 64}, {"stages", 4}};
+  deep.knobs = {{"split", 16}, {"warps", 4}, {"tile", 64}, {"stages", 4}, {"cluster", 0}};
   try {
     (void)plan_for(deep, RuntimeShape{1, 1, 32768, 4});
     ADD_FAILURE() << "a 4-stage ring for one tile per CTA was planned";

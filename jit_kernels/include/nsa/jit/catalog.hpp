@@ -17,13 +17,16 @@
 //                   evict   0, 1              1: K/V copies carry the L2 evict-first hint
 //                                               (decode); 0: plain (prefill re-reads blocks)
 //   split_kv        split   8, 16, 4, 32, 2   CTAs per (b, g, t) row, each a contiguous share of
-//                                               the row's tiles; the row's last CTA to finish
-//                                               merges the partials (one launch); at most the
-//                                               tiles of a full row (n*block keys)
+//                                               the row's tiles, merged in the same launch; at
+//                                               most the tiles of a full row (n*block keys)
 //                   warps   4, 2              (2 warps allow 32-key tiles when h <= 16)
 //                   tile    64, 32
 //                   stages  3, 2, 4           (K/V copies always evict-first); 3 and 4 only
 //                                               when a CTA's share has stages-1 tiles
+//                   cluster 1, 0              1: the row's CTAs form a thread-block cluster and
+//                                               merge through distributed shared memory (sm_90+,
+//                                               split <= 8); 0: a global workspace, merged by
+//                                               the row's last CTA to arrive
 //   prefill_shared  qtile   4, 2, 8, 1        consecutive query rows per CTA (qtile*h <= 128):
 //                                               the union of their selected blocks is loaded once
 //                   warps   4, 8
