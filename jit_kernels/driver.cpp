@@ -344,6 +344,24 @@ DriverResult<void> PreparedPlan::launch(const SelectionParams& params, const Str
   return {};
 }
 
+DriverResult<void> PreparedPlan::launch_one(std::size_t index, const SelectionParams& params,
+                                            const Stream& stream) const {
+  if (index >= m_functions.size())
+    return fail("cuLaunchKernel", CUDA_ERROR_INVALID_VALUE, m_variant,
+                "launch " + std::to_string(index) + " of a plan with " + std::to_string(m_functions.size()) +
+                    " launches");
+  if (m_plan.workspace_bytes > 0 && params.workspace == 0)
+    return fail("cuLaunchKernel", CUDA_ERROR_INVALID_VALUE, m_variant,
+                "the plan needs " + std::to_string(m_plan.workspace_bytes) +
+                    " bytes of workspace but params.workspace is 0");
+  void* args[] = {const_cast<SelectionParams*>(&params)};
+  const auto& l = m_plan.launches[index];
+  CUresult r = api().launch_kernel(m_functions[index], l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1],
+                                   l.block[2], l.shared_bytes, stream.handle(), args, nullptr);
+  if (r != CUDA_SUCCESS) return fail("cuLaunchKernel", r, m_variant, "entry '" + l.entry + "'");
+  return {};
+}
+
 DriverResult<void> launch_raw(CUfunction function, const Launch& l, std::vector<void*> args, const Stream& stream,
                               const std::string& what) {
   CUresult r = api().launch_kernel(function, l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1], l.block[2],

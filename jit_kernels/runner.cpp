@@ -151,6 +151,11 @@ DriverResult<void> LoadedVariant::launch(SelectionParams params, const Stream& s
   return m_prepared.launch(params, stream);
 }
 
+DriverResult<void> LoadedVariant::launch_one(std::size_t index, SelectionParams params, const Stream& stream) const {
+  params.workspace = m_workspace.ptr();
+  return m_prepared.launch_one(index, params, stream);
+}
+
 DriverResult<void> LoadedVariant::poison_workspace() {
   if (m_workspace.size() == 0) return {};
   if (m_workspace.size() % 4 == 0) return m_workspace.fill_u32(kFloatNan);

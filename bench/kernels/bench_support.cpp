@@ -58,8 +58,14 @@ std::expected<ShapeSpec, std::string> parse_shape(const std::string& text) {
   while (std::getline(in, item, ',')) {
     const auto eq = item.find('=');
     if (eq == std::string::npos)
-      return std::unexpected("shape item '" + item + "' is not key=value (keys: b tq tkv hq hkv h d dqk dv block n dtype)");
+      return std::unexpected("shape item '" + item + "' is not key=value (keys: b tq tkv hq hkv h d dqk dv block n dtype pattern)");
     const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    if (key == "pattern") {
+      auto pattern = jit::parse_selection_pattern(value);
+      if (!pattern) return std::unexpected("pattern must be random or clustered, not '" + value + "'");
+      s.pattern = *pattern;
+      continue;
+    }
     if (key == "dtype") {
       if (value == "bf16") s.dtype = jit::ElemType::bf16;
       else if (value == "fp16") s.dtype = jit::ElemType::fp16;
@@ -86,7 +92,7 @@ std::expected<ShapeSpec, std::string> parse_shape(const std::string& text) {
     else if (key == "dv") s.shape.d_v = static_cast<int>(v);
     else if (key == "block") s.shape.block = static_cast<int>(v);
     else if (key == "n") s.shape.n = static_cast<int>(v);
-    else return std::unexpected("unknown shape key '" + key + "' (keys: b tq tkv hq hkv h d dqk dv block n dtype)");
+    else return std::unexpected("unknown shape key '" + key + "' (keys: b tq tkv hq hkv h d dqk dv block n dtype pattern)");
   }
   if (hq > 0) {
     if (hq % s.shape.h_kv != 0)
@@ -144,37 +150,105 @@ extern "C" __global__ void bench_fill_normal(unsigned short* out, u64 count, u64
 }
 )";
 
-struct FillKernel {
-  std::optional<jit::Module> module;
-  CUfunction function = nullptr;
-};
+// Reads the buffer `passes` times from every thread of the grid (grid-stride, four predicated
+// 16-byte loads issued before any is used, so each warp keeps four in flight), bypassing L1
+// (.cg), and folds what it read into a value stored only if it matches an impossible pattern, so
+// no load can be optimised away.
+constexpr const char* kL2ReadSource = R"(
+typedef unsigned long long u64;
+__device__ __forceinline__ uint4 load_cg(const uint4* p) {
+  uint4 v;
+  asm("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+extern "C" __global__ void __launch_bounds__(512) bench_l2_read(const uint4* buf, u64 count, int passes, unsigned* sink) {
+  const u64 stride = (u64)gridDim.x * blockDim.x;
+  const u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+  const uint4 zero = {0u, 0u, 0u, 0u};
+  unsigned x = 0;
+  for (int pass = 0; pass < passes; ++pass) {
+    for (u64 i = tid; i < count; i += 4 * stride) {
+      const uint4 a = load_cg(buf + i);
+      const uint4 b = i + stride < count ? load_cg(buf + i + stride) : zero;
+      const uint4 c = i + 2 * stride < count ? load_cg(buf + i + 2 * stride) : zero;
+      const uint4 d = i + 3 * stride < count ? load_cg(buf + i + 3 * stride) : zero;
+      x ^= (a.x + b.x + c.x + d.x) ^ (a.y + b.y + c.y + d.y) ^ (a.z + b.z + c.z + d.z) ^ (a.w + b.w + c.w + d.w);
+    }
+    x = x * 3u + (unsigned)pass;
+  }
+  if (x == 0x9e3779b9u) sink[0] = x;
+}
+)";
 
-}  // namespace
-
-jit::DriverResult<void> fill_normal_on_device(CUdeviceptr ptr, std::uint64_t count, jit::ElemType dtype,
-                                              std::uint64_t seed, const std::string& arch, const jit::Stream& stream) {
+/// A benchmark helper kernel compiled with NVRTC once per (entry, arch) and kept loaded for the
+/// life of the process.
+jit::DriverResult<CUfunction> helper_kernel(const char* source, const std::string& entry, const std::string& arch) {
+  struct Loaded {
+    std::optional<jit::Module> module;
+    CUfunction function = nullptr;
+  };
   static std::mutex mutex;
-  static std::map<std::string, FillKernel> kernels;
+  static std::map<std::string, Loaded> kernels;
   std::lock_guard lock(mutex);
-  auto& k = kernels[arch];
+  auto& k = kernels[entry + "." + arch];
   if (!k.module) {
-    auto cubin = jit::compile_source_to_cubin(kFillSource, "bench_fill.cu", arch, "bench_fill_normal");
+    auto cubin = jit::compile_source_to_cubin(source, entry + ".cu", arch, entry);
     if (!cubin) {
       jit::DriverError e;
       e.call = "nvrtcCompileProgram";
       e.result = CUDA_ERROR_INVALID_SOURCE;
       e.result_name = "CUDA_ERROR_INVALID_SOURCE";
-      e.variant = "bench_fill_normal";
+      e.variant = entry;
       e.detail = cubin.error().message() + "\n" + cubin.error().log;
       return std::unexpected(e);
     }
-    auto module = jit::Module::load(cubin->image, "bench_fill_normal." + arch);
+    auto module = jit::Module::load(cubin->image, entry + "." + arch);
     if (!module) return std::unexpected(module.error());
-    auto f = module->function("bench_fill_normal");
+    auto f = module->function(entry);
     if (!f) return std::unexpected(f.error());
     k.function = *f;
     k.module.emplace(std::move(*module));
   }
+  return k.function;
+}
+
+/// Times `runs` launches of `launch_once` with an event pair around each, after `warmup`
+/// untimed ones; seconds per launch.
+template <class F>
+jit::DriverResult<std::vector<double>> time_launches(F&& launch_once, const jit::Stream& stream, int runs,
+                                                     int warmup) {
+  std::vector<jit::Event> starts, ends;
+  for (int i = 0; i < runs; ++i) {
+    auto a = jit::Event::create();
+    auto b = jit::Event::create();
+    if (!a) return std::unexpected(a.error());
+    if (!b) return std::unexpected(b.error());
+    starts.push_back(std::move(*a));
+    ends.push_back(std::move(*b));
+  }
+  for (int w = 0; w < warmup; ++w)
+    if (auto r = launch_once(); !r) return std::unexpected(r.error());
+  for (int i = 0; i < runs; ++i) {
+    if (auto r = starts[i].record(stream); !r) return std::unexpected(r.error());
+    if (auto r = launch_once(); !r) return std::unexpected(r.error());
+    if (auto r = ends[i].record(stream); !r) return std::unexpected(r.error());
+  }
+  if (auto r = stream.synchronize(); !r) return std::unexpected(r.error());
+  std::vector<double> seconds;
+  for (int i = 0; i < runs; ++i) {
+    auto ms = jit::Event::elapsed_ms(starts[i], ends[i]);
+    if (!ms) return std::unexpected(ms.error());
+    seconds.push_back(*ms * 1e-3);
+  }
+  return seconds;
+}
+
+}  // namespace
+
+jit::DriverResult<void> fill_normal_on_device(CUdeviceptr ptr, std::uint64_t count, jit::ElemType dtype,
+                                              std::uint64_t seed, const std::string& arch, const jit::Stream& stream) {
+  auto function = helper_kernel(kFillSource, "bench_fill_normal", arch);
+  if (!function) return std::unexpected(function.error());
   jit::Launch l;
   l.entry = "bench_fill_normal";
   l.grid[0] = 4096;
@@ -185,8 +259,49 @@ jit::DriverResult<void> fill_normal_on_device(CUdeviceptr ptr, std::uint64_t cou
     std::uint64_t count, seed;
     int bf16;
   } args{ptr, count, seed, dtype == jit::ElemType::bf16 ? 1 : 0};
-  return jit::launch_raw(k.function, l, {&args.out, &args.count, &args.seed, &args.bf16}, stream,
-                         "bench_fill_normal");
+  return jit::launch_raw(*function, l, {&args.out, &args.count, &args.seed, &args.bf16}, stream, "bench_fill_normal");
+}
+
+std::optional<std::string> helper_kernels_compile_error(const std::string& arch) {
+  for (auto [source, entry] : {std::pair{kFillSource, "bench_fill_normal"}, std::pair{kL2ReadSource, "bench_l2_read"}}) {
+    auto cubin = jit::compile_source_to_cubin(source, std::string(entry) + ".cu", arch, entry);
+    if (!cubin) return std::string(entry) + ": " + cubin.error().message() + "\n" + cubin.error().log;
+  }
+  return std::nullopt;
+}
+
+jit::DriverResult<double> measure_l2_read_bandwidth(std::size_t bytes, const std::string& arch, int sm_count,
+                                                    const jit::Stream& stream, int runs) {
+  auto function = helper_kernel(kL2ReadSource, "bench_l2_read", arch);
+  if (!function) return std::unexpected(function.error());
+  bytes &= ~std::size_t{15};
+  auto buf = jit::DeviceBuffer::allocate(bytes, "L2 read buffer");
+  if (!buf) return std::unexpected(buf.error());
+  auto sink = jit::DeviceBuffer::allocate(256, "L2 read sink");
+  if (!sink) return std::unexpected(sink.error());
+  if (auto r = buf->fill_u32(0x3f800000u); !r) return std::unexpected(r.error());
+  jit::Launch l;
+  l.entry = "bench_l2_read";
+  l.grid[0] = static_cast<unsigned>(std::max(1, sm_count) * 4);  // 2048 threads per SM
+  l.block[0] = 512;
+  // About 1 GB read per launch (~100 us at 10 TB/s), so launch overhead and the first touch
+  // (warm-up launches already bring the buffer into L2) do not count.
+  struct Args {
+    CUdeviceptr buf;
+    std::uint64_t count;
+    int passes;
+    CUdeviceptr sink;
+  } args{buf->ptr(), bytes / 16, static_cast<int>(std::max<std::size_t>(1, (std::size_t{1} << 30) / bytes)),
+         sink->ptr()};
+  auto seconds = time_launches(
+      [&] {
+        return jit::launch_raw(*function, l, {&args.buf, &args.count, &args.passes, &args.sink}, stream,
+                               "bench_l2_read");
+      },
+      stream, runs, 3);
+  if (!seconds) return std::unexpected(seconds.error());
+  const auto s = summarize(*seconds);
+  return static_cast<double>(args.count) * 16.0 * args.passes / s.median;
 }
 
 jit::DriverResult<double> measure_copy_bandwidth(std::size_t bytes, const jit::Stream& stream, int runs) {
@@ -195,30 +310,9 @@ jit::DriverResult<double> measure_copy_bandwidth(std::size_t bytes, const jit::S
   auto dst = jit::DeviceBuffer::allocate(bytes, "bandwidth destination");
   if (!dst) return std::unexpected(dst.error());
   if (auto r = src->fill_u32(0x3f800000u); !r) return std::unexpected(r.error());
-  std::vector<jit::Event> starts, ends;
-  for (int i = 0; i < runs; ++i) {
-    auto a = jit::Event::create();
-    auto b = jit::Event::create();
-    if (!a) return std::unexpected(a.error());
-    if (!b) return std::unexpected(b.error());
-    starts.push_back(std::move(*a));
-    ends.push_back(std::move(*b));
-  }
-  for (int w = 0; w < 3; ++w)
-    if (auto r = dst->copy_from(*src, bytes, stream); !r) return std::unexpected(r.error());
-  for (int i = 0; i < runs; ++i) {
-    if (auto r = starts[i].record(stream); !r) return std::unexpected(r.error());
-    if (auto r = dst->copy_from(*src, bytes, stream); !r) return std::unexpected(r.error());
-    if (auto r = ends[i].record(stream); !r) return std::unexpected(r.error());
-  }
-  if (auto r = stream.synchronize(); !r) return std::unexpected(r.error());
-  std::vector<double> seconds;
-  for (int i = 0; i < runs; ++i) {
-    auto ms = jit::Event::elapsed_ms(starts[i], ends[i]);
-    if (!ms) return std::unexpected(ms.error());
-    seconds.push_back(*ms * 1e-3);
-  }
-  const auto s = summarize(seconds);
+  auto seconds = time_launches([&] { return dst->copy_from(*src, bytes, stream); }, stream, runs, 3);
+  if (!seconds) return std::unexpected(seconds.error());
+  const auto s = summarize(*seconds);
   return 2.0 * static_cast<double>(bytes) / s.median;
 }
 

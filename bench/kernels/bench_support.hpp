@@ -12,6 +12,7 @@
 #include "nsa/jit/driver.hpp"
 #include "nsa/jit/host_reference.hpp"
 #include "nsa/jit/kernel_variant.hpp"
+#include "nsa/jit/selection_patterns.hpp"
 
 namespace nsa::bench {
 
@@ -19,6 +20,9 @@ struct ShapeSpec {
   std::string name;  // "decode", "prefill" or the spec text
   jit::SelectionShape shape;
   jit::ElemType dtype = jit::ElemType::bf16;
+  /// Set by the shape key `pattern`: only this selection pattern is run for the shape, whatever
+  /// --pattern says (so one run can time decode on random and prefill on both).
+  std::optional<jit::SelectionPattern> pattern;
   jit::FamilySpec family() const;
   std::string describe() const;
 };
@@ -29,7 +33,8 @@ ShapeSpec default_decode();
 ShapeSpec default_prefill();
 
 /// Parses "decode", "prefill", or comma-separated key=value pairs over a default decode shape:
-/// b, tq, tkv, hq, hkv, h, d (sets dqk and dv), dqk, dv, block, n, dtype (bf16|fp16).
+/// b, tq, tkv, hq, hkv, h, d (sets dqk and dv), dqk, dv, block, n, dtype (bf16|fp16),
+/// pattern (random|clustered: this shape runs only that pattern).
 /// Example: "b=8,tq=1,tkv=65536,hq=64,hkv=4,d=128,dtype=fp16". H_q must be a multiple of H_kv.
 std::expected<ShapeSpec, std::string> parse_shape(const std::string& text);
 
@@ -58,6 +63,17 @@ jit::DriverResult<void> fill_normal_on_device(CUdeviceptr ptr, std::uint64_t cou
 /// Device-to-device copy bandwidth (bytes read + bytes written per second) of a copy of `bytes`:
 /// the practical HBM ceiling. Median of `runs` after warm-up.
 jit::DriverResult<double> measure_copy_bandwidth(std::size_t bytes, const jit::Stream& stream, int runs = 20);
+
+/// L2 read bandwidth: every SM reads a `bytes` buffer (small enough to stay in L2) again and
+/// again with 16-byte loads that bypass L1 (ld.global.cg), several in flight per thread; bytes
+/// read per second, median of `runs` launches after warm-up launches that bring the buffer into
+/// L2. The ceiling for kernels that stream the same K/V blocks from L2 (prefill).
+jit::DriverResult<double> measure_l2_read_bandwidth(std::size_t bytes, const std::string& arch, int sm_count,
+                                                    const jit::Stream& stream, int runs = 20);
+
+/// Compiles the benchmark's helper kernels (fill, L2 read) with NVRTC for `arch` without loading
+/// them (no GPU needed): nullopt, or the first compile error with its log.
+std::optional<std::string> helper_kernels_compile_error(const std::string& arch);
 
 /// Median and the 10th/90th percentiles of `samples` (sorted in place).
 struct Summary {

@@ -10,7 +10,13 @@
 //      reference (rel_l2), then warmed up, then timed run by run with an event pair around each
 //      launch; the table shows the median and the 10-90 percentile spread;
 //   4. bandwidth is the useful K/V bytes (bench_support.hpp: useful_work) over the median time,
-//      also as a fraction of the measured device-to-device copy bandwidth (read + write).
+//      also as a fraction of the measured device-to-device copy bandwidth (read + write);
+//   5. the SDPA baseline's two kernels are also timed alone (baseline_parts): the gather on the
+//      rotated inputs, and the dense attention re-reading one packed workspace run after run
+//      (what PyTorch's SDPA on already-packed tensors is timed on, bench/torch_baselines.py).
+// The L2 read ceiling (all SMs re-reading a buffer that fits in L2) is measured next to the copy
+// ceiling. A variant whose workspace does not fit in free device memory is skipped with the
+// reason (status "skipped"); the other variants still run.
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -39,7 +45,9 @@ struct Options {
   std::vector<std::string> shapes;
   std::string pattern = "both";
   std::string designs;
+  std::string exclude_designs;
   bool defaults_only = false;
+  bool baseline_defaults_only = false;
   bool with_reference = false;
   int runs = 50;
   int warmup = 5;
@@ -52,8 +60,11 @@ struct Options {
 struct Row {
   std::string key, label;
   jit::Design design = jit::Design::reference;
-  std::string status = "ok";  // ok, numerics_failed, compile_failed, launch_failed
+  std::string status = "ok";  // ok, numerics_failed, compile_failed, launch_failed, skipped
   std::string error;
+  // sdpa_packed only: its gather and attention kernels timed alone (median us; NAN: not timed).
+  double gather_us = NAN, attention_us = NAN;
+  std::string parts_error;
   double median_us = 0, p10_us = 0, p90_us = 0;
   double gbps = 0, bw_fraction = 0, tflops = 0;
   double rel_l2 = NAN;
@@ -74,9 +85,9 @@ double o_bound(jit::ElemType t) { return t == jit::ElemType::bf16 ? 1.5e-2 : 4e-
   std::exit(code);
 }
 
-std::vector<jit::Design> parse_designs(const std::string& text, bool with_reference) {
+std::vector<jit::Design> parse_designs(const std::string& text, bool with_reference, bool all_if_empty = true) {
   std::vector<jit::Design> out;
-  if (text.empty()) {
+  if (text.empty() && all_if_empty) {
     for (auto d : jit::all_designs())
       if (d != jit::Design::reference || with_reference) out.push_back(d);
     return out;
@@ -96,10 +107,15 @@ std::vector<jit::Design> parse_designs(const std::string& text, bool with_refere
   return out;
 }
 
+bool unmeasured(const Row& r) {
+  return r.status == "compile_failed" || r.status == "launch_failed" || r.status == "skipped";
+}
+
 void print_table(const bench::ShapeSpec& spec, jit::SelectionPattern pattern, const bench::UsefulWork& work,
                  int copies, double copy_gbps, std::vector<Row> rows) {
   std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
     if ((a.status == "ok") != (b.status == "ok")) return a.status == "ok";
+    if (unmeasured(a) != unmeasured(b)) return unmeasured(b);
     return a.median_us < b.median_us;
   });
   double baseline_us = 0;
@@ -112,17 +128,77 @@ void print_table(const bench::ShapeSpec& spec, jit::SelectionPattern pattern, co
   std::printf("%-44s %10s %9s %9s %6s %8s %9s %8s %5s %s\n", "variant", "median us", "spread", "GB/s", "of BW",
               "TFLOP/s", "rel_l2", "vs sdpa", "regs", "status");
   for (const auto& r : rows) {
-    if (r.status == "compile_failed" || r.status == "launch_failed") {
+    if (unmeasured(r)) {
       std::printf("%-44s %10s %9s %9s %6s %8s %9s %8s %5s %s: %s\n", r.label.c_str(), "-", "-", "-", "-", "-", "-", "-",
                   "-", r.status.c_str(), r.error.c_str());
       continue;
     }
     char vs[16] = "-";
     if (baseline_us > 0) std::snprintf(vs, sizeof vs, "%.2fx", baseline_us / r.median_us);
+    std::string note;
+    if (r.design == jit::Design::sdpa_packed) {
+      char parts[96] = "";
+      if (!std::isnan(r.gather_us) && !std::isnan(r.attention_us))
+        std::snprintf(parts, sizeof parts, ": gather %.1f + attention %.1f us alone", r.gather_us, r.attention_us);
+      note = std::string(" (baseline") + parts + (r.parts_error.empty() ? "" : "; parts not timed: " + r.parts_error) + ")";
+    }
     std::printf("%-44s %10.1f %9.1f %9.0f %5.0f%% %8.1f %9.2e %8s %5d %s%s\n", r.label.c_str(), r.median_us,
                 r.p90_us - r.p10_us, r.gbps, 100 * r.bw_fraction, r.tflops, r.rel_l2, vs, r.registers, r.status.c_str(),
-                r.design == jit::Design::sdpa_packed ? " (baseline)" : "");
+                note.c_str());
   }
+}
+
+/// Why `v`'s workspace cannot be allocated for `shape` (more than the free device memory, from
+/// cuMemGetInfo, less a margin), or nullopt. A plan the catalog refuses is left to load() to report.
+std::optional<std::string> workspace_does_not_fit(const jit::KernelVariant& v, const jit::RuntimeShape& shape,
+                                                  const jit::Context& ctx) {
+  std::uint64_t bytes = 0;
+  try {
+    bytes = jit::plan_for(v, shape).workspace_bytes;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (bytes == 0) return std::nullopt;
+  auto mem = ctx.memory_info();
+  if (!mem) return std::nullopt;
+  constexpr std::uint64_t kMargin = std::uint64_t{256} << 20;
+  if (bytes + kMargin <= mem->first) return std::nullopt;
+  char why[160];
+  std::snprintf(why, sizeof why, "workspace of %.1f GB does not fit in the %.1f GB of free device memory (cuMemGetInfo)",
+                static_cast<double>(bytes) / 1e9, static_cast<double>(mem->first) / 1e9);
+  return std::string(why);
+}
+
+/// Times the two kernels of an sdpa_packed plan alone: the gather on the rotated inputs; the
+/// attention on one packed workspace (written once by a gather, then re-read by every run, as
+/// PyTorch's SDPA on already-packed tensors is timed). Leaves parts_error set when it cannot.
+template <class TimeRuns>
+void time_baseline_parts(Row& row, const jit::LoadedVariant& lv, const std::vector<SelectionParams>& params,
+                         const jit::Stream& stream, TimeRuns& time_runs) {
+  const auto& launches = lv.plan().launches;
+  if (launches.size() != 2) {
+    row.parts_error = "the plan has " + std::to_string(launches.size()) + " launches, not gather + attention";
+    return;
+  }
+  const bool gather_first = launches[0].entry.find("gather") != std::string::npos;
+  const std::size_t gather = gather_first ? 0 : 1, attention = 1 - gather;
+  std::string error;
+  const auto g = time_runs([&](std::size_t c) { return lv.launch_one(gather, params[c], stream).has_value(); }, error);
+  if (!g) {
+    row.parts_error = "gather alone: " + error;
+    return;
+  }
+  if (auto r = lv.launch_one(gather, params[0], stream); !r) {
+    row.parts_error = "gather: " + r.error().message();
+    return;
+  }
+  const auto a = time_runs([&](std::size_t c) { return lv.launch_one(attention, params[c], stream).has_value(); }, error);
+  if (!a) {
+    row.parts_error = "attention alone: " + error;
+    return;
+  }
+  row.gather_us = g->median;
+  row.attention_us = a->median;
 }
 
 }  // namespace
@@ -131,11 +207,14 @@ int main(int argc, char** argv) {
   Options opt;
   CLI::App app{"Times every selection-attention kernel variant and the packed-SDPA baseline on the local GPU."};
   app.add_option("--shape", opt.shapes,
-                 "'decode', 'prefill', or key=value list: b,tq,tkv,hq,hkv,h,d,dqk,dv,block,n,dtype (repeatable; "
+                 "'decode', 'prefill', or key=value list: b,tq,tkv,hq,hkv,h,d,dqk,dv,block,n,dtype,pattern (repeatable; "
                  "default: decode and prefill)");
   app.add_option("--pattern", opt.pattern, "random, clustered or both")->check(CLI::IsMember({"random", "clustered", "both"}));
   app.add_option("--designs", opt.designs, "comma-separated designs to time (default: the baseline and every sparse design)");
+  app.add_option("--exclude-designs", opt.exclude_designs, "comma-separated designs not to time");
   app.add_flag("--defaults-only", opt.defaults_only, "time only each design's default knobs");
+  app.add_flag("--baseline-defaults-only", opt.baseline_defaults_only,
+               "time only the default knobs of the sdpa_packed baseline (every setting of the others)");
   app.add_flag("--with-reference", opt.with_reference, "time the fp32 reference design too");
   app.add_option("--runs", opt.runs, "timed runs per variant")->check(CLI::Range(3, 100000));
   app.add_option("--warmup", opt.warmup, "untimed runs before timing")->check(CLI::Range(0, 10000));
@@ -155,7 +234,9 @@ int main(int argc, char** argv) {
   std::vector<jit::SelectionPattern> patterns;
   if (opt.pattern != "clustered") patterns.push_back(jit::SelectionPattern::random);
   if (opt.pattern != "random") patterns.push_back(jit::SelectionPattern::clustered);
-  const auto designs = parse_designs(opt.designs, opt.with_reference);
+  auto designs = parse_designs(opt.designs, opt.with_reference);
+  for (auto excluded : parse_designs(opt.exclude_designs, true, false))
+    std::erase(designs, excluded);
   if (opt.seed == 0) opt.seed = static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
 
   auto probe = jit::probe_devices();
@@ -177,8 +258,17 @@ int main(int argc, char** argv) {
   std::printf("%s (%s, %d SMs, %.0f MB L2, %.1f GB), driver %d, NVRTC %s, seed %llu\n", dev.name.c_str(),
               dev.arch.c_str(), dev.sm_count, dev.l2_bytes / 1e6, dev.memory_bytes / 1e9, probe.driver_version,
               jit::nvrtc_version().c_str(), static_cast<unsigned long long>(opt.seed));
-  std::printf("measured ceiling: device-to-device copy of %.0f MB at %.0f GB/s (read + write)\n", copy_bytes / 1e6,
-              copy_gbps);
+  // L2: a third of the reported L2 (at most 16 MiB): H100's L2 is two partitions, and data read
+  // by every SM may be held in both.
+  const std::size_t l2_read_bytes =
+      std::clamp<std::size_t>(static_cast<std::size_t>(dev.l2_bytes) / 3, std::size_t{1} << 20, std::size_t{16} << 20) &
+      ~std::size_t{(1 << 16) - 1};
+  auto l2 = bench::measure_l2_read_bandwidth(l2_read_bytes, dev.arch, dev.sm_count, *stream);
+  if (!l2) die("measuring L2 bandwidth: " + l2.error().message(), 3);
+  const double l2_read_gbps = *l2 / 1e9;
+  std::printf("measured ceilings: device-to-device copy of %.0f MB at %.0f GB/s (read + write); "
+              "L2 read of a %.1f MiB buffer by all SMs at %.0f GB/s\n",
+              copy_bytes / 1e6, copy_gbps, l2_read_bytes / 1048576.0, l2_read_gbps);
 
   json out = {{"device",
                {{"name", dev.name},
@@ -188,7 +278,11 @@ int main(int argc, char** argv) {
                 {"memory_bytes", dev.memory_bytes},
                 {"driver_version", probe.driver_version},
                 {"nvrtc_version", jit::nvrtc_version()}}},
-              {"ceilings", {{"copy_gbps", copy_gbps}, {"copy_bytes", copy_bytes}}},
+              {"ceilings",
+               {{"copy_gbps", copy_gbps},
+                {"copy_bytes", copy_bytes},
+                {"l2_read_gbps", l2_read_gbps},
+                {"l2_read_bytes", l2_read_bytes}}},
               {"seed", opt.seed},
               {"runs", opt.runs},
               {"warmup", opt.warmup},
@@ -210,7 +304,7 @@ int main(int argc, char** argv) {
     for (auto d : designs) {
       auto offered = jit::variants_for(family, dev.arch, d);
       if (offered.empty()) continue;
-      if (opt.defaults_only) offered.resize(1);
+      if (opt.defaults_only || (opt.baseline_defaults_only && d == jit::Design::sdpa_packed)) offered.resize(1);
       variants.insert(variants.end(), offered.begin(), offered.end());
     }
     const auto reference_variant = jit::default_variant(jit::Design::reference, family, dev.arch);
@@ -222,7 +316,8 @@ int main(int argc, char** argv) {
     });
     const auto& reference_outcome = outcomes.back();
 
-    for (auto pattern : patterns) {
+    const auto shape_patterns = spec.pattern ? std::vector<jit::SelectionPattern>{*spec.pattern} : patterns;
+    for (auto pattern : shape_patterns) {
       std::mt19937_64 rng(opt.seed ^ std::hash<std::string>{}(spec.name + std::string(to_string(pattern))));
       const auto& s = spec.shape;
       const auto idx = jit::make_block_idx(s, pattern, rng);
@@ -282,10 +377,18 @@ int main(int argc, char** argv) {
         }
         row.registers = compiled.result->registers;
         row.spill_bytes = compiled.result->spill_bytes;
+        if (auto why = workspace_does_not_fit(v, {s.batch, s.t_q, s.t_kv, s.h_kv}, *ctx)) {
+          row.status = "skipped";
+          row.error = *why;
+          std::fprintf(stderr, "skipping %s: %s\n", row.label.c_str(), why->c_str());
+          rows.push_back(row);
+          continue;
+        }
         auto lv = jit::LoadedVariant::load(v, *compiled.result, {s.batch, s.t_q, s.t_kv, s.h_kv});
         if (!lv) {
-          row.status = "launch_failed";
-          row.error = lv.error().message();
+          const bool oom = lv.error().result == CUDA_ERROR_OUT_OF_MEMORY;
+          row.status = oom ? "skipped" : "launch_failed";
+          row.error = (oom ? "out of device memory: " : "") + lv.error().message();
           rows.push_back(row);
           continue;
         }
@@ -308,40 +411,51 @@ int main(int argc, char** argv) {
           if (st.nan_count > 0 || st.rel_l2 > o_bound(spec.dtype)) row.status = "numerics_failed";
         }
 
-        std::vector<jit::Event> starts, ends;
-        for (int i = 0; i < opt.runs; ++i) {
-          auto a = jit::Event::create();
-          auto b = jit::Event::create();
-          if (!a || !b) die("cuEventCreate failed", 3);
-          starts.push_back(std::move(*a));
-          ends.push_back(std::move(*b));
-        }
         std::vector<SelectionParams> params;
         for (const auto& p : problems) params.push_back(p.params(0));
-        bool failed = false;
-        for (int w = 0; w < opt.warmup && !failed; ++w)
-          failed = !lv->launch(params[static_cast<std::size_t>(w % copies)], *stream);
-        for (int i = 0; i < opt.runs && !failed; ++i) {
-          const auto& p = params[static_cast<std::size_t>((opt.warmup + i) % copies)];
-          failed = !starts[i].record(*stream) || !lv->launch(p, *stream) || !ends[i].record(*stream);
-        }
-        auto synced = stream->synchronize();
-        if (failed || !synced) {
-          if (!synced && synced.error().sticky) die(synced.error().message(), 4);
+        // Times opt.runs launches after opt.warmup, launch i on input copy i % copies.
+        auto time_runs = [&](auto&& launch_copy, std::string& error) -> std::optional<bench::Summary> {
+          std::vector<jit::Event> starts, ends;
+          for (int i = 0; i < opt.runs; ++i) {
+            auto a = jit::Event::create();
+            auto b = jit::Event::create();
+            if (!a || !b) die("cuEventCreate failed", 3);
+            starts.push_back(std::move(*a));
+            ends.push_back(std::move(*b));
+          }
+          bool failed = false;
+          for (int w = 0; w < opt.warmup && !failed; ++w)
+            failed = !launch_copy(static_cast<std::size_t>(w % copies));
+          for (int i = 0; i < opt.runs && !failed; ++i) {
+            const auto c = static_cast<std::size_t>((opt.warmup + i) % copies);
+            failed = !starts[i].record(*stream) || !launch_copy(c) || !ends[i].record(*stream);
+          }
+          auto synced = stream->synchronize();
+          if (failed || !synced) {
+            if (!synced && synced.error().sticky) die(synced.error().message(), 4);
+            error = synced ? "a timed launch failed" : synced.error().message();
+            return std::nullopt;
+          }
+          std::vector<double> us;
+          for (int i = 0; i < opt.runs; ++i) us.push_back(1e3 * jit::Event::elapsed_ms(starts[i], ends[i]).value_or(NAN));
+          return bench::summarize(us);
+        };
+        std::string timing_error;
+        const auto timed = time_runs([&](std::size_t c) { return lv->launch(params[c], *stream).has_value(); }, timing_error);
+        if (!timed) {
           row.status = "launch_failed";
-          row.error = synced ? "a timed launch failed" : synced.error().message();
+          row.error = timing_error;
           rows.push_back(row);
           continue;
         }
-        std::vector<double> us;
-        for (int i = 0; i < opt.runs; ++i) us.push_back(1e3 * jit::Event::elapsed_ms(starts[i], ends[i]).value_or(NAN));
-        const auto sum = bench::summarize(us);
+        const auto& sum = *timed;
         row.median_us = sum.median;
         row.p10_us = sum.p10;
         row.p90_us = sum.p90;
         row.gbps = work.kv_bytes / (sum.median * 1e-6) / 1e9;
         row.bw_fraction = row.gbps / copy_gbps;
         row.tflops = work.flops / (sum.median * 1e-6) / 1e12;
+        if (v.design == jit::Design::sdpa_packed) time_baseline_parts(row, *lv, params, *stream, time_runs);
         rows.push_back(row);
       }
 
@@ -362,8 +476,24 @@ int main(int argc, char** argv) {
                          {"nan_count", r.nan_count},
                          {"registers", r.registers},
                          {"spill_bytes", r.spill_bytes}});
+      for (std::size_t i = 0; i < rows.size(); ++i) {
+        const auto& r = rows[i];
+        if (r.design != jit::Design::sdpa_packed || unmeasured(r)) continue;
+        if (r.parts_error.empty())
+          jrows[i]["baseline_parts"] = {{"gather_us", r.gather_us}, {"attention_us", r.attention_us}};
+        else
+          jrows[i]["baseline_parts"] = {{"error", r.parts_error}};
+      }
       out["results"].push_back({{"shape", spec.describe()},
+                                {"name", spec.name},
                                 {"family", family.key()},
+                                {"dtype", spec.dtype == jit::ElemType::bf16 ? "bf16" : "fp16"},
+                                {"d_qk", s.d_qk},
+                                {"d_v", s.d_v},
+                                {"h", s.h},
+                                {"h_q", s.h_q()},
+                                {"block", s.block},
+                                {"n", s.n},
                                 {"batch", s.batch},
                                 {"t_q", s.t_q},
                                 {"t_kv", s.t_kv},
@@ -371,6 +501,7 @@ int main(int argc, char** argv) {
                                 {"pattern", to_string(pattern)},
                                 {"useful_kv_bytes", work.kv_bytes},
                                 {"useful_flops", work.flops},
+                                {"min_bytes", touched},
                                 {"visible_keys", work.visible_keys},
                                 {"copies", copies},
                                 {"reference", reference ? "device reference" : reference_problem},

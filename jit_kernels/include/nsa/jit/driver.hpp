@@ -176,6 +176,9 @@ class PreparedPlan {
   /// argument. Fails before launching anything when the plan needs a workspace and
   /// params.workspace is 0.
   DriverResult<void> launch(const SelectionParams& params, const Stream& stream) const;
+  /// Launches only launch `index` of the plan (e.g. one kernel of a two-kernel design, to time
+  /// it alone); the same workspace check. Error (without launching) for an index out of range.
+  DriverResult<void> launch_one(std::size_t index, const SelectionParams& params, const Stream& stream) const;
   const LaunchPlan& plan() const { return m_plan; }
 
  private:

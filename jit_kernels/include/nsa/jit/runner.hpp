@@ -82,6 +82,10 @@ class LoadedVariant {
   /// Launches the plan with explicit parameters (e.g. pointing at one of several rotated input
   /// copies); params.workspace is replaced by this variant's workspace.
   DriverResult<void> launch(SelectionParams params, const Stream& stream) const;
+  /// Launches only launch `index` of the plan (plan().launches[index]) with explicit parameters,
+  /// params.workspace replaced by this variant's workspace: times one kernel of a multi-kernel
+  /// design alone (the benchmark's sdpa_packed gather and attention parts).
+  DriverResult<void> launch_one(std::size_t index, SelectionParams params, const Stream& stream) const;
   /// Fills the workspace with NaN (a plan without workspace: nothing to do).
   DriverResult<void> poison_workspace();
   /// Poisons outputs and workspace, launches, waits, and downloads O and LSE (LSE empty when
