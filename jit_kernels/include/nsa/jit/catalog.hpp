@@ -19,8 +19,8 @@
 //   split_kv        split   8, 16, 4, 32, 2   CTAs per (b, g, t) row, each a contiguous share of
 //                                               the row's tiles, merged in the same launch; at
 //                                               most the tiles of a full row (n*block keys)
-//                   warps   4, 2              (2 warps allow 32-key tiles when h <= 16)
-//                   tile    64, 32
+//                   warps   4, 2, 8           (2 warps allow 32-key tiles when h <= 16; 8 warps
+//                   tile    64, 32, 128         with 128-key tiles shorten a lone CTA's chain)
 //                   stages  3, 2, 4           (K/V copies always evict-first); 3 and 4 only
 //                                               when a CTA's share has stages-1 tiles
 //                   cluster 1, 0              1: the row's CTAs form a thread-block cluster and
