@@ -8,11 +8,12 @@ alone), PyTorch's packed SDPA, PyTorch's SDPA alone on the same packed tensors a
 attention kernel alone, PyTorch's dense flash attention, the floor (what it is), the fraction of
 it reached, the issue's target and whether it is met. Card, driver and the measured ceilings
 (device-to-device copy, L2 read, bf16 GEMM) head the table. Raw JSONs, logs and the table go to
---out (default $OUT).
+--out (default $OUT): selection-report.md, selection-report.json and selection-report-raw.tar.gz
+(every raw JSON and log; three files, so that a device call returning few files returns all).
 
     python3 dist/share/nsa-tune/bench/selection_report.py --prefix dist --out $OUT
     python3 dist/share/nsa-tune/bench/selection_report.py --prefix dist --quick --cases 'd128.decode.*'
-    python3 bench/selection_report.py --from-json DIR     # re-render recorded results (no GPU)
+    python3 bench/selection_report.py --from-json OUT     # re-render a recorded run (no GPU)
 
 Only the Python standard library is needed here; torch is needed by torch_baselines.py (run as a
 child process). Exit status: 0 when the table was printed (targets met or not), 2 for a missing
@@ -29,6 +30,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -62,7 +65,7 @@ class Case:
     t_q: int
     t_kv: int
     pattern: str
-    group: str  # small (every design) | large (prefill T=32768: no decode-only designs)
+    group: str  # the nsa-bench-kernels run that times it: decode | prefill
 
     @property
     def d_qk(self):
@@ -99,10 +102,10 @@ def all_cases():
     out = []
     for fam in FAMILIES:
         for b in (128, 1, 16):
-            out.append(Case(f"{fam}.decode.b{b}", fam, "decode", b, 1, 32768, "random", "small"))
-        out.append(Case(f"{fam}.prefill.t8192", fam, "prefill", 1, 8192, 8192, "random", "small"))
-        out.append(Case(f"{fam}.prefill.t32768", fam, "prefill", 1, 32768, 32768, "random", "large"))
-        out.append(Case(f"{fam}.prefill.t32768.clustered", fam, "prefill", 1, 32768, 32768, "clustered", "large"))
+            out.append(Case(f"{fam}.decode.b{b}", fam, "decode", b, 1, 32768, "random", "decode"))
+        out.append(Case(f"{fam}.prefill.t8192", fam, "prefill", 1, 8192, 8192, "random", "prefill"))
+        out.append(Case(f"{fam}.prefill.t32768", fam, "prefill", 1, 32768, 32768, "random", "prefill"))
+        out.append(Case(f"{fam}.prefill.t32768.clustered", fam, "prefill", 1, 32768, 32768, "clustered", "prefill"))
     return out
 
 
@@ -215,8 +218,9 @@ def measure(case, bench_docs, torch_docs, meta, cases):
         m["torch_missing"] = t["error"]
     else:
         for key in ("torch_packed_sdpa_us", "torch_packed_sdpa_best_us", "torch_sdpa_on_packed_us",
-                    "torch_sdpa_on_packed_form", "torch_dense_flash_us", "packed_skipped",
-                    "torch_packed_sdpa_error", "torch_sdpa_on_packed_error"):
+                    "torch_sdpa_on_packed_form", "torch_dense_flash_us", "torch_dense_flash_backend",
+                    "packed_skipped", "packed_error", "torch_packed_sdpa_error", "torch_packed_sdpa_best_error",
+                    "torch_sdpa_on_packed_error", "torch_dense_flash_error"):
             if key in t:
                 m[key] = t[key]
         if "torch_dense_flash_us" not in m and case.pattern != "random":
@@ -224,6 +228,8 @@ def measure(case, bench_docs, torch_docs, meta, cases):
             tt = torch_docs.get(twin.name) if twin else None
             if tt and "torch_dense_flash_us" in tt:
                 m["torch_dense_flash_us"] = tt["torch_dense_flash_us"]
+                if "torch_dense_flash_backend" in tt:
+                    m["torch_dense_flash_backend"] = tt["torch_dense_flash_backend"]
                 m["notes"].append("dense flash time of the random case (same shape; dense attention ignores the selection)")
 
     # The floor.
@@ -326,7 +332,7 @@ def cells(case, m, targets):
             c.append("skipped: " + m["packed_skipped"])
         else:
             plain, best = m.get("torch_packed_sdpa_us"), m.get("torch_packed_sdpa_best_us")
-            text = fmt_us(plain) if plain else m.get("torch_packed_sdpa_error", "—")
+            text = fmt_us(plain) if plain else short(m.get("torch_packed_sdpa_error") or m.get("packed_error") or "—")
             if best:
                 text += f" (best form {fmt_us(best)})"
             c.append(text)
@@ -338,8 +344,13 @@ def cells(case, m, targets):
             form = m.get("torch_sdpa_on_packed_form", "")
             c.append(f"{fmt_us(on)} [{form}]" + (f" vs ours {fmt_us(att)}: {att / on:.2f}x" if att else ""))
         else:
-            c.append(m.get("torch_sdpa_on_packed_error", "—"))
-        c.append(fmt_us(m.get("torch_dense_flash_us")))
+            c.append(short(m.get("torch_sdpa_on_packed_error") or m.get("packed_error") or "—"))
+        dense = m.get("torch_dense_flash_us")
+        if dense:
+            backend = m.get("torch_dense_flash_backend")
+            c.append(fmt_us(dense) + (f" [{backend}]" if backend else ""))
+        else:
+            c.append(short(m.get("torch_dense_flash_error", "—")))
     fl = m.get("floor")
     c.append(fl["text"] if fl else "—")
     c.append(f"{m['fraction']:.0%}" if "fraction" in m else "—")
@@ -361,6 +372,11 @@ def cells(case, m, targets):
 HEADER = ["case", "pattern", "nsa-tune best variant", "median us", "SDPA baseline us (gather + attention)",
           "torch packed SDPA us", "torch SDPA on packed tensors us vs our attention part (ratio)",
           "torch dense flash us", "floor", "fraction reached", "target", "met?"]
+
+
+def short(text, limit=100):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def md_row(cells_):
@@ -439,6 +455,8 @@ def build_report(out_dir, cases=None):
                  "packed workspace, as torch's SDPA on packed tensors is timed).")
     lines.append("- torch packed SDPA: gather with precomputed indices + SDPA with expanded heads and a key mask; "
                  "'best form': the same gather + the fastest correct SDPA form. The 2x target uses the faster of both.")
+    lines.append("- torch dense flash: SDPA over the whole sequence with GQA (causal in prefill), the fastest fused backend "
+                 "[in brackets].")
     lines.append("- torch SDPA on packed tensors: SDPA alone on the gathered K_p/V_p [rows, n*block, D], the fastest "
                  "of forms x backends that matched an fp32 attention ([form/backend], '/mask' when rows have fewer "
                  "visible keys than n*block, i.e. prefill); ratio = our attention part / torch's.")
@@ -453,16 +471,18 @@ def build_report(out_dir, cases=None):
                  "every decode case >= 2x torch packed SDPA; the baseline's dense part <= 1.25x torch's SDPA on the "
                  "packed tensors. Paper config (D_qk=192, D_v=128): the same targets relaxed by 15% (fractions "
                  "x0.85, latency /0.85, 'faster than' -> >= 0.85x); the 2x and 1.25x bars unchanged.")
-    if any(c.group == "large" for c in cases) and meta.get("mode") != "quick":
-        lines.append("- prefill T=32768: split_kv (a decode design) is not timed and the baseline runs its default "
-                     "setting only, to fit the run in one device call (every other catalog variant is timed).")
+    pre = meta.get("prefill_options")
+    if any(c.group == "prefill" for c in cases) and pre:
+        lines.append(f"- prefill cases: nsa-bench-kernels {' '.join(pre)} (to fit the run in one device call: split_kv "
+                     "is a decode design, one baseline setting at T=32768 moves 3 x 69 GB per run); every other "
+                     "catalog variant is timed.")
     notes = []
     for c in cases:
         m = by_name[c.name]
         for n in m.get("notes", []):
             notes.append(f"- {c.name}: {n}")
         if m.get("torch_missing"):
-            notes.append(f"- {c.name}: torch: {m['torch_missing']}")
+            notes.append(f"- {c.name}: torch: {short(m['torch_missing'], 300)}")
     for s in meta.get("steps", []):
         if s.get("problem"):
             notes.append(f"- {s['what']}: {s['problem']}")
@@ -521,6 +541,38 @@ def find_torch_script(prefix):
     return None
 
 
+RAW_ARCHIVE = "selection-report-raw.tar.gz"
+
+
+def prefill_options(args):
+    """What the prefill run of nsa-bench-kernels leaves out unless --all-designs."""
+    return ["--exclude-designs", "split_kv"] + ([] if args.quick else ["--baseline-defaults-only"])
+
+
+def recorded_dir(path, scratch):
+    """The directory holding meta.json / bench-*.json for --from-json PATH: PATH itself, PATH/raw,
+    or an archive (PATH, or PATH/selection-report-raw.tar.gz) unpacked into `scratch`."""
+    if os.path.isdir(path):
+        for d in (path, os.path.join(path, "raw")):
+            if glob.glob(os.path.join(d, "bench-*.json")) or os.path.exists(os.path.join(d, "meta.json")):
+                return d
+        if os.path.isfile(os.path.join(path, RAW_ARCHIVE)):
+            path = os.path.join(path, RAW_ARCHIVE)
+        else:
+            return path
+    if not tarfile.is_tarfile(path):
+        return None
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():  # only plain files under raw/
+            if not member.isfile() or member.name.startswith("/") or ".." in member.name.split("/"):
+                continue
+            if hasattr(tarfile, "data_filter"):
+                tar.extract(member, scratch, filter="data")
+            else:
+                tar.extract(member, scratch)
+    return os.path.join(scratch, "raw")
+
+
 def run(args, cases):
     start = time.monotonic()
     deadline = start + args.time_limit
@@ -535,7 +587,8 @@ def run(args, cases):
               f"{args.prefix}/share/nsa-tune/bench (use --torch-baselines PATH or --no-torch)", file=sys.stderr)
         return 2
     out = args.out
-    os.makedirs(out, exist_ok=True)
+    raw = os.path.join(out, "raw")  # JSONs, logs; packed into one archive at the end
+    os.makedirs(raw, exist_ok=True)
     smi, smi_problem = nvidia_smi()
     if smi_problem:
         print(f"selection_report.py: no GPU: {smi_problem}", file=sys.stderr)
@@ -548,7 +601,7 @@ def run(args, cases):
         log(start, f"{smi['name']}, driver {smi['driver_version']}")
 
     def save_meta():
-        with open(os.path.join(out, "meta.json"), "w") as f:
+        with open(os.path.join(raw, "meta.json"), "w") as f:
             json.dump(meta, f, indent=2)
 
     def remaining():
@@ -575,14 +628,16 @@ def run(args, cases):
         meta["torch_problem"] = "--no-torch"
     save_meta()
 
+    if not args.all_designs:
+        meta["prefill_options"] = prefill_options(args)
     steps = []
     for fam in FAMILIES:
         fam_cases = [c for c in cases if c.family == fam]
-        for group in ("small", "large"):
+        for group in ("decode", "prefill"):
             g = [c for c in fam_cases if c.group == group]
             if g:
                 steps.append(("bench", fam, group, g))
-            if group == "small" and torch_ok and fam_cases:
+            if group == "decode" and torch_ok and fam_cases:
                 steps.append(("torch", fam, None, fam_cases))
     measured_any = False
     gemm_done = False
@@ -598,19 +653,20 @@ def run(args, cases):
             continue
         t0 = time.monotonic()
         if kind == "bench":
-            path = os.path.join(out, f"bench-{fam}-{group}.json")
-            cmd = [bench, "--json", path, "--runs", str(args.runs), "--warmup", str(args.warmup), "--pattern", "random"]
+            path = os.path.join(raw, f"bench-{fam}-{group}.json")
+            runs = args.prefill_runs if group == "prefill" else args.runs
+            cmd = [bench, "--json", path, "--runs", str(runs), "--warmup", str(args.warmup), "--pattern", "random"]
             for c in g:
                 cmd += ["--shape", c.shape_arg()]
             if args.quick:
                 cmd.append("--defaults-only")
-            elif group == "large" and not args.all_designs:
-                cmd += ["--exclude-designs", "split_kv", "--baseline-defaults-only"]
+            if group == "prefill" and not args.all_designs:
+                cmd += prefill_options(args)
             cmd += args.bench_arg
             log(start, f"{what}: nsa-bench-kernels, {len(g)} shape(s), up to {left:.0f} s")
-            rc, timed_out = run_logged(cmd, os.path.join(out, f"bench-{fam}-{group}.log"), left)
+            rc, timed_out = run_logged(cmd, os.path.join(raw, f"bench-{fam}-{group}.log"), left)
             if rc == 3 and not measured_any:
-                with open(os.path.join(out, f"bench-{fam}-{group}.log")) as f:
+                with open(os.path.join(raw, f"bench-{fam}-{group}.log")) as f:
                     text = f.read()
                 if "no GPU" in text:
                     print("selection_report.py: no GPU: " + text.strip().splitlines()[-1], file=sys.stderr)
@@ -621,36 +677,42 @@ def run(args, cases):
         else:
             multi = []
             if not gemm_done:
-                multi.append(["--gemm-ceiling", "--json", os.path.join(out, "torch-gemm.json")])
+                multi.append(["--gemm-ceiling", "--json", os.path.join(raw, "torch-gemm.json")])
                 gemm_done = True
             for c in g:
                 twin = random_twin(c, cases)
                 dense = not (c.pattern != "random" and twin is not None and twin in g)
-                multi.append(c.torch_args(os.path.join(out, f"torch-{c.name}.json"), args.torch_reps, dense))
-            mpath = os.path.join(out, f"torch-{fam}-cases.list")
+                multi.append(c.torch_args(os.path.join(raw, f"torch-{c.name}.json"), args.torch_reps, dense))
+            mpath = os.path.join(raw, f"torch-{fam}-cases.list")
             with open(mpath, "w") as f:
                 json.dump(multi, f, indent=1)
             cmd = [args.python, torch_script, "--multi", mpath]
             log(start, f"{what}: torch_baselines.py, {len(g)} case(s), up to {left:.0f} s")
-            rc, timed_out = run_logged(cmd, os.path.join(out, f"torch-{fam}.log"), left)
+            rc, timed_out = run_logged(cmd, os.path.join(raw, f"torch-{fam}.log"), left)
         step["seconds"] = round(time.monotonic() - t0, 1)
         step["exit_code"] = rc
         if timed_out:
             step["problem"] = f"killed at the time limit after {step['seconds']} s (results so far kept)"
         elif rc != 0:
-            step["problem"] = f"exit code {rc} (see {os.path.basename(out)}/{kind}-{fam}{'-' + group if group else ''}.log)"
+            step["problem"] = f"exit code {rc} (see raw/{kind}-{fam}{'-' + group if group else ''}.log)"
         log(start, f"{what}: " + (step.get("problem") or f"done in {step['seconds']} s"))
         save_meta()
 
     meta["seconds"] = round(time.monotonic() - start, 1)
     save_meta()
-    text, rows = build_report(out, cases)
+    text, rows = build_report(raw, cases)
     print(text)
     with open(os.path.join(out, "selection-report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "selection-report.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    log(start, f"wrote {out}/selection-report.md")
+    # Few files: the table, its data, and one archive of every raw JSON and log.
+    with tarfile.open(os.path.join(out, RAW_ARCHIVE), "w:gz") as tar:
+        tar.add(raw, arcname="raw")
+    if not args.keep_raw:
+        shutil.rmtree(raw, ignore_errors=True)
+    log(start, f"wrote {out}/selection-report.md, selection-report.json and {RAW_ARCHIVE} "
+               f"(re-render: selection_report.py --from-json {out}/{RAW_ARCHIVE})")
     if not any("best" in r for r in rows):
         print("selection_report.py: nothing was measured (see the logs in " + out + ")", file=sys.stderr)
         return 1
@@ -670,8 +732,10 @@ def main(argv=None):
     ap.add_argument("--list-cases", action="store_true", help="print the cases and exit")
     ap.add_argument("--quick", action="store_true", help="each design's default knobs only (--defaults-only)")
     ap.add_argument("--all-designs", action="store_true",
-                    help="prefill T=32768 too: every design and every baseline setting (slower)")
+                    help="prefill too: every design (split_kv included) and every baseline setting (slower)")
     ap.add_argument("--runs", type=int, default=20, help="timed runs per variant (nsa-bench-kernels --runs)")
+    ap.add_argument("--prefill-runs", type=int, default=10,
+                    help="timed runs per variant in the prefill cases (each run takes milliseconds)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs per variant")
     ap.add_argument("--torch-reps", type=int, default=30, help="timed calls per torch measurement")
     ap.add_argument("--time-limit", type=float, default=570,
@@ -682,8 +746,11 @@ def main(argv=None):
     ap.add_argument("--bench", default=None, help="nsa-bench-kernels to run (default: PREFIX/bin/nsa-bench-kernels)")
     ap.add_argument("--torch-baselines", default=None, help="torch_baselines.py to run (default: next to this script)")
     ap.add_argument("--bench-arg", action="append", default=[], help="extra argument for nsa-bench-kernels (repeatable)")
-    ap.add_argument("--from-json", default=None, metavar="DIR",
-                    help="render the table from the JSONs recorded in DIR by an earlier run (no GPU needed)")
+    ap.add_argument("--from-json", default=None, metavar="PATH",
+                    help="render the table from an earlier run (no GPU needed): its --out directory, its "
+                         f"{RAW_ARCHIVE}, or a directory of its raw JSONs")
+    ap.add_argument("--keep-raw", action="store_true",
+                    help="keep OUT/raw/ (every JSON and log) besides the archive of it")
     args = ap.parse_args(argv)
     cases = select_cases(args.cases)
     if args.list_cases:
@@ -691,12 +758,16 @@ def main(argv=None):
             print(f"{c.name:32} {c.shape_arg()}")
         return 0
     if args.from_json:
-        if not os.path.isdir(args.from_json):
-            print(f"selection_report.py: {args.from_json} is not a directory", file=sys.stderr)
+        scratch = tempfile.TemporaryDirectory()
+        src = recorded_dir(args.from_json, scratch.name) if os.path.exists(args.from_json) else None
+        if src is None:
+            print(f"selection_report.py: {args.from_json} is neither a directory of recorded JSONs nor "
+                  f"a {RAW_ARCHIVE}", file=sys.stderr)
             return 2
-        names = (load_json(os.path.join(args.from_json, "meta.json")) or {}).get("cases")
+        names = (load_json(os.path.join(src, "meta.json")) or {}).get("cases")
         chosen = [c for c in cases if names is None or c.name in names] if args.cases is None else cases
-        text, rows = build_report(args.from_json, chosen)
+        text, rows = build_report(src, chosen)
+        scratch.cleanup()
         print(text)
         if args.out:
             os.makedirs(args.out, exist_ok=True)

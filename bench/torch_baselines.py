@@ -19,9 +19,12 @@ Keys of the JSON:
                              some row has fewer than L = n*block visible keys (the form and
                              backend in torch_sdpa_on_packed_form, every try in
                              torch_sdpa_on_packed_tries)
-  torch_dense_flash_us       SDPA over the whole T_kv with GQA (causal when T_q = T_kv)
+  torch_dense_flash_us       SDPA over the whole T_kv with GQA (causal when T_q = T_kv), the fastest
+                             fused backend (flash, efficient, cuDNN; in torch_dense_flash_backend,
+                             every try in torch_dense_tries)
   packed_skipped             why the packed measurements were not made (the packed tensors would
-                             not fit in free GPU memory), when they were not
+                             not fit in free GPU memory), when they were not; *_error keys say
+                             why one measurement failed (a backend refusing the shape)
 
     python3 bench/torch_baselines.py --case decode --batch 64 --t-kv 32768
     python3 bench/torch_baselines.py --gemm-ceiling      # bf16 GEMM TFLOP/s (cuBLAS), a compute ceiling
@@ -31,6 +34,7 @@ import json
 import math
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +116,11 @@ def backends():
             for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION") if hasattr(SDPBackend, name)]
 
 
+def first_line(e):
+    text = str(e).strip()
+    return f"{type(e).__name__}: " + (text.splitlines()[0][:200] if text else "")
+
+
 class _Null:
     def __enter__(self):
         return self
@@ -135,6 +144,7 @@ def strongest_sdpa(q, kp, vp, valid, reps):
     mask = None if bool(valid.all()) else valid.view(rows, 1, 1, -1)
     ref = reference_rows(q, kp, vp, valid, min(rows, 64))
     tries, best = {}, None
+    warnings.filterwarnings("ignore", category=UserWarning)  # "kernel not used because ...", per try
     for form, fn in FORMS.items():
         for bname, ctx in backends():
             name = f"{form}/{bname}" + ("" if mask is None else "/mask")
@@ -149,8 +159,7 @@ def strongest_sdpa(q, kp, vp, valid, reps):
                     del out, got
                     us = time_ms(lambda: fn(q, kp, vp, mask), reps, budget_s=1.0) * 1e3
             except Exception as e:  # a backend that does not take this form, or out of memory
-                text = str(e).strip()
-                tries[name] = "unavailable: " + (text.splitlines()[0][:160] if text else type(e).__name__)
+                tries[name] = "unavailable: " + first_line(e)
                 torch.cuda.empty_cache()
                 continue
             tries[name] = us
@@ -159,6 +168,34 @@ def strongest_sdpa(q, kp, vp, valid, reps):
     if best is None:
         return None, None, tries, None
     return best[0], best[1], tries, best[2]
+
+
+def strongest_dense(fn, reps):
+    """Times `fn` under each fused SDPA backend; returns (best_us, backend, {backend: us or error})."""
+    tries, best = {}, None
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for bname, ctx in backends():
+        try:
+            with (ctx() if ctx else _Null()):
+                us = time_ms(fn, reps) * 1e3
+        except Exception as e:  # a backend that does not take the shape (or fails on it)
+            tries[bname] = "unavailable: " + first_line(e)
+            torch.cuda.empty_cache()
+            continue
+        tries[bname] = us
+        if best is None or us < best[0]:
+            best = (us, bname)
+    return (best[0], best[1], tries) if best else (None, None, tries)
+
+
+def measure_dense(res, fn, reps):
+    us, backend, tries = strongest_dense(fn, reps)
+    res["torch_dense_tries"] = tries
+    if us is None:
+        res["torch_dense_flash_error"] = "no SDPA backend ran the dense attention"
+    else:
+        res["torch_dense_flash_us"] = us
+        res["torch_dense_flash_backend"] = backend
 
 
 def gemm_ceiling(dev):
@@ -249,9 +286,9 @@ def run_case(a):
         return F.scaled_dot_product_attention(qq, kk, vv, is_causal=(t_q == a.t_kv), enable_gqa=True)
 
     if a.dense_only:
-        us = time_ms(dense_flash, a.reps) * 1e3
-        write({"case": a.case, "batch": a.batch, "t_q": t_q, "t_kv": a.t_kv,
-               "device": torch.cuda.get_device_name(), "torch_dense_flash_us": us}, a.json)
+        res = {"case": a.case, "batch": a.batch, "t_q": t_q, "t_kv": a.t_kv, "device": torch.cuda.get_device_name()}
+        measure_dense(res, dense_flash, a.reps)
+        write(res, a.json)
         return 0
 
     res = {"case": a.case, "pattern": a.pattern, "batch": a.batch, "t_q": t_q, "t_kv": a.t_kv,
@@ -272,10 +309,12 @@ def run_case(a):
         try:
             measure_packed(a, res, q, k, v, t_q, h, L, rows, gen, dev)
         except torch.cuda.OutOfMemoryError as e:
-            res["packed_skipped"] = "out of GPU memory: " + str(e).splitlines()[0][:200]
+            res["packed_skipped"] = "out of GPU memory: " + first_line(e)
+        except Exception as e:  # keep the dense measurement
+            res["packed_error"] = first_line(e)
         torch.cuda.empty_cache()
     if not a.no_dense and (a.case == "prefill" or a.batch <= 128):
-        res["torch_dense_flash_us"] = time_ms(dense_flash, a.reps) * 1e3
+        measure_dense(res, dense_flash, a.reps)
     write(res, a.json)
     return 0
 
@@ -307,8 +346,8 @@ def measure_packed(a, res, q, k, v, t_q, h, L, rows, gen, dev):
 
     try:
         res["torch_packed_sdpa_us"] = time_ms(packed_sdpa, a.reps) * 1e3
-    except torch.cuda.OutOfMemoryError as e:
-        res["torch_packed_sdpa_error"] = "out of GPU memory: " + str(e).splitlines()[0][:200]
+    except Exception as e:  # out of memory, or a backend failing on this many rows
+        res["torch_packed_sdpa_error"] = first_line(e)
     torch.cuda.empty_cache()
 
     # SDPA alone on the packed tensors, in its strongest form.
@@ -334,8 +373,11 @@ def measure_packed(a, res, q, k, v, t_q, h, L, rows, gen, dev):
         vp = v[bidx, keys, gidx].reshape(rows, L, a.d_v)
         return fn(q_rows(), kp, vp, m)
 
-    with (ctx() if ctx else _Null()):
-        res["torch_packed_sdpa_best_us"] = time_ms(packed_best, a.reps) * 1e3
+    try:
+        with (ctx() if ctx else _Null()):
+            res["torch_packed_sdpa_best_us"] = time_ms(packed_best, a.reps) * 1e3
+    except Exception as e:
+        res["torch_packed_sdpa_best_error"] = first_line(e)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "nsa/jit/nvrtc.hpp"
 
@@ -314,6 +316,54 @@ jit::DriverResult<double> measure_copy_bandwidth(std::size_t bytes, const jit::S
   if (!seconds) return std::unexpected(seconds.error());
   const auto s = summarize(*seconds);
   return 2.0 * static_cast<double>(bytes) / s.median;
+}
+
+Agreement compare_bits(std::span<const std::uint16_t> got, jit::ElemType dtype, std::span<const double> ref,
+                       unsigned threads) {
+  Agreement a;
+  if (got.size() != ref.size()) {
+    a.rel_l2 = std::numeric_limits<double>::infinity();
+    a.nan_count = static_cast<std::int64_t>(std::max(got.size(), ref.size()));
+    return a;
+  }
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::clamp<std::size_t>(got.size() / (std::size_t{1} << 20), 1, threads));
+  struct Part {
+    double diff2 = 0, ref2 = 0;
+    std::int64_t nan_count = 0;
+  };
+  std::vector<Part> parts(threads);
+  auto work = [&](unsigned k) {
+    const std::size_t begin = got.size() * k / threads, end = got.size() * (k + 1) / threads;
+    Part p;
+    for (std::size_t i = begin; i < end; ++i) {
+      const double r = ref[i], x = jit::to_float(dtype, got[i]);
+      if (!std::isfinite(r)) {
+        if (!(x == r)) ++p.nan_count;
+        continue;
+      }
+      if (!std::isfinite(x)) {
+        ++p.nan_count;
+        continue;
+      }
+      p.diff2 += (x - r) * (x - r);
+      p.ref2 += r * r;
+    }
+    parts[k] = p;
+  };
+  std::vector<std::thread> pool;
+  for (unsigned k = 1; k < threads; ++k) pool.emplace_back(work, k);
+  work(0);
+  for (auto& t : pool) t.join();
+  double diff2 = 0, ref2 = 0;
+  for (const auto& p : parts) {
+    diff2 += p.diff2;
+    ref2 += p.ref2;
+    a.nan_count += p.nan_count;
+  }
+  if (ref2 > 0) a.rel_l2 = std::sqrt(diff2) / std::sqrt(ref2);
+  else a.rel_l2 = diff2 == 0 ? 0 : std::numeric_limits<double>::infinity();
+  return a;
 }
 
 Summary summarize(std::vector<double>& samples) {

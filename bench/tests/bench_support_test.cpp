@@ -5,6 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+#include <random>
+
 namespace {
 
 using namespace nsa;
@@ -68,6 +72,34 @@ TEST(BenchSummary, MedianAndPercentiles) {
   EXPECT_DOUBLE_EQ(s.median, 3);
   EXPECT_DOUBLE_EQ(s.p10, 1.4);
   EXPECT_DOUBLE_EQ(s.p90, 4.6);
+}
+
+TEST(BenchCompareBits, AgreesWithJitCompareOnAnyThreadCount) {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> normal;
+  const std::size_t n = (std::size_t{3} << 20) + 17;  // several chunks of unequal size
+  std::vector<double> ref(n);
+  std::vector<float> got(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ref[i] = normal(rng);
+    got[i] = static_cast<float>(ref[i] + 1e-3 * normal(rng));
+  }
+  got[5] = NAN;                                               // a NaN where the reference is finite
+  ref[9] = -std::numeric_limits<double>::infinity();          // -inf matched exactly: fine
+  got[9] = -std::numeric_limits<float>::infinity();
+  ref[11] = std::numeric_limits<double>::infinity();          // inf not matched: counted
+  for (auto dtype : {jit::ElemType::bf16, jit::ElemType::fp16}) {
+    const auto bits = jit::encode(dtype, got);
+    const auto expected = jit::compare(jit::decode(dtype, bits), ref);
+    for (unsigned threads : {1u, 3u, 0u}) {
+      const auto a = bench::compare_bits(bits, dtype, ref, threads);
+      EXPECT_EQ(a.nan_count, expected.nan_count) << threads;
+      EXPECT_NEAR(a.rel_l2, expected.rel_l2, 1e-9 * expected.rel_l2) << threads;
+    }
+  }
+  EXPECT_EQ(bench::compare_bits(std::vector<std::uint16_t>(3), jit::ElemType::bf16, std::vector<double>(4)).nan_count, 4);
+  const std::vector<double> zeros(8, 0.0);
+  EXPECT_EQ(bench::compare_bits(std::vector<std::uint16_t>(8, 0), jit::ElemType::bf16, zeros).rel_l2, 0);
 }
 
 TEST(BenchHelperKernels, CompileWithNvrtc) {

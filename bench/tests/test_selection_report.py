@@ -212,21 +212,24 @@ class Runner(unittest.TestCase):
             return [json.loads(l) for l in f]
 
     def test_full_run_with_fakes(self):
-        p = self.report("--cases", "d128.*")
+        p = self.report("--cases", "d128.*", "--keep-raw")
         self.assertEqual(p.returncode, 0, p.stderr + p.stdout)
         calls = self.calls()
         benches = [c for c in calls if c[0] == "bench"]
         self.assertEqual(len(benches), 2)
-        small, large = benches
-        self.assertEqual(sum(a == "--shape" for a in small), 4)
-        self.assertIn("b=128,tq=1,tkv=32768,hq=64,hkv=4,dqk=128,dv=128,block=64,n=16,dtype=bf16,pattern=random", small)
-        self.assertNotIn("--defaults-only", small)
-        self.assertNotIn("--exclude-designs", small)
-        self.assertEqual(small[small.index("--runs") + 1], "20")
-        self.assertIn("--exclude-designs", large)
-        self.assertIn("--baseline-defaults-only", large)
+        decode, prefill = benches
+        self.assertEqual(sum(a == "--shape" for a in decode), 3)
+        self.assertIn("b=128,tq=1,tkv=32768,hq=64,hkv=4,dqk=128,dv=128,block=64,n=16,dtype=bf16,pattern=random", decode)
+        self.assertNotIn("--defaults-only", decode)
+        self.assertNotIn("--exclude-designs", decode)  # every design and setting in decode
+        self.assertEqual(decode[decode.index("--runs") + 1], "20")
+        self.assertEqual(sum(a == "--shape" for a in prefill), 3)
+        self.assertEqual(prefill[prefill.index("--exclude-designs") + 1], "split_kv")
+        self.assertIn("--baseline-defaults-only", prefill)
+        self.assertEqual(prefill[prefill.index("--runs") + 1], "10")
+        self.assertIn("b=1,tq=8192,tkv=8192,hq=64,hkv=4,dqk=128,dv=128,block=64,n=16,dtype=bf16,pattern=random", prefill)
         self.assertIn("b=1,tq=32768,tkv=32768,hq=64,hkv=4,dqk=128,dv=128,block=64,n=16,dtype=bf16,pattern=clustered",
-                      large)
+                      prefill)
         torch_calls = [c for c in calls if c[0] == "torch"]
         self.assertEqual(len(torch_calls), 1)  # one process for the family
         listed = read_json(torch_calls[0][torch_calls[0].index("--multi") + 1])
@@ -235,18 +238,26 @@ class Runner(unittest.TestCase):
         clustered = [a for a in listed if "clustered" in a]
         self.assertEqual(len(clustered), 1)
         self.assertIn("--no-dense", clustered[0])
-        for f in ("bench-d128-small.json", "bench-d128-large.json", "bench-d128-small.log", "torch-gemm.json",
-                  "torch-d128.decode.b1.json", "meta.json", "selection-report.md", "selection-report.json"):
+        for f in ("raw/bench-d128-decode.json", "raw/bench-d128-prefill.json", "raw/bench-d128-decode.log",
+                  "raw/torch-gemm.json", "raw/torch-d128.decode.b1.json", "raw/meta.json", "selection-report.md",
+                  "selection-report.json", "selection-report-raw.tar.gz"):
             self.assertTrue(os.path.exists(os.path.join(self.out, f)), f)
         rows = table_rows(p.stdout)
         self.assertEqual(len(rows), 6)
         self.assertTrue(all(r[2] == "query_outer warps4_tile64_stages3_evict1" for r in rows))
         self.assertIn("Fake H100", p.stdout)
         self.assertIn("650 TFLOP/s", p.stdout)
+        self.assertIn("prefill cases: nsa-bench-kernels --exclude-designs split_kv --baseline-defaults-only", p.stdout)
         with open(os.path.join(self.out, "selection-report.md")) as f:
             self.assertEqual(f.read().strip(), p.stdout.strip())
         summary = read_json(os.path.join(self.out, "selection-report.json"))
         self.assertEqual(len(summary["rows"]), 6)
+        # The recorded run renders the same table again, from the directory or from the archive.
+        for recorded in (self.out, os.path.join(self.out, "selection-report-raw.tar.gz")):
+            again = subprocess.run([sys.executable, REPORT, "--from-json", recorded], capture_output=True, text=True,
+                                   timeout=60)
+            self.assertEqual(again.returncode, 0, again.stderr)
+            self.assertEqual(table_rows(again.stdout), rows)
 
     def test_quick_uses_defaults_only(self):
         p = self.report("--quick", "--cases", "paper.decode.b1", "--no-torch")
@@ -255,6 +266,9 @@ class Runner(unittest.TestCase):
         self.assertIn("--defaults-only", bench)
         self.assertIn("b=1,tq=1,tkv=32768,hq=64,hkv=4,dqk=192,dv=128,block=64,n=16,dtype=bf16,pattern=random", bench)
         self.assertIn("torch: --no-torch", p.stdout)
+        # Three files come back: the table, its data and one archive of the raw JSONs and logs.
+        self.assertEqual(sorted(os.listdir(self.out)),
+                         ["selection-report-raw.tar.gz", "selection-report.json", "selection-report.md"])
 
     def test_missing_binary(self):
         os.remove(os.path.join(self.prefix, "bin", "nsa-bench-kernels"))
