@@ -30,6 +30,15 @@
 // Shared memory (layout.cuh): [Q: MT*16 rows][STAGES x (K: TILE rows, V: TILE rows)], rows padded
 // by 8 elements (conflict-free ldmatrix); the fp32 merge buffer reuses it after the loop.
 //
+// Skipping (optional). A design may pass run() a `skip(tile)` rule that tells a warp its rows see
+// no key of its columns of that tile. The warp then does not compute the tile at all (no S, no
+// softmax update, no P V) but still issues its share of the copies and meets the barrier. That
+// is exact, not an approximation: computing a tile whose scores are all masked leaves the state
+// bit for bit as it was (m_new = max(m, -inf) = m, alpha = 2^0 = 1 or, for a row with m = -inf,
+// O and l are still 0; every p is 2^-inf = 0, so l and O gain exact zeros). A warp skips only
+// when all 32 lanes say so (one vote), so the branch is warp-uniform by construction. Designs
+// that pass no rule get ComputeEveryTile: no vote, no branch, their SASS is unchanged.
+//
 // L2 hint. With EVICT_FIRST the K/V tile copies carry an evict-first L2 policy: right for a
 // stream read once (decode), wrong where neighbouring rows re-read the same blocks (prefill),
 // so it is a design knob and the tuner decides. Q copies never carry it.
@@ -37,7 +46,20 @@
 
 #include "common.cuh"
 
-template <int MT, int WARPS, int TILE, int STAGES, bool EVICT_FIRST = false>
+/// run()'s default skip rule: every warp computes every tile.
+struct ComputeEveryTile {
+  __device__ __forceinline__ bool operator()(long long) const { return false; }
+};
+template <class Skip>
+struct SkipsNothing {
+  static constexpr bool value = false;
+};
+template <>
+struct SkipsNothing<ComputeEveryTile> {
+  static constexpr bool value = true;
+};
+
+template <int MT, int WARPS, int TILE, int STAGES, bool EVICT_FIRST = false, int Q_REGS_MAX = 192>
 struct AttentionCore {
   static constexpr int WM = nsa_layout::warps_m(MT, WARPS);
   static constexpr int WN = nsa_layout::warps_n(MT, WARPS);
@@ -46,6 +68,7 @@ struct AttentionCore {
   static constexpr int ROWS = MT * 16;
   static constexpr int THREADS = WARPS * 32;
   static constexpr int TILE_KEYS = TILE;
+  static constexpr int WARP_ROWS = MTW * 16;           // CTA rows a warp owns (see warp_row0)
   static constexpr int QSTR = DQK + nsa_layout::kPad;  // smem row strides, in elements
   static constexpr int KSTR = DQK + nsa_layout::kPad;
   static constexpr int VSTR = DV + nsa_layout::kPad;
@@ -54,7 +77,9 @@ struct AttentionCore {
   static constexpr int VCH = DV / 8;
   // Q fragments stay in registers when they take at most 64 of them; else they are re-read from
   // shared memory with ldmatrix for every tile (D_qk = 256, or two row tiles of D_qk >= 192).
-  static constexpr bool Q_IN_REGS = MTW * DQK <= 128 || (MTW == 1 && DQK <= 192);
+  // A design short of registers may lower Q_REGS_MAX (the largest D_qk whose single row tile
+  // stays in registers; 192 by default).
+  static constexpr bool Q_IN_REGS = MTW * DQK <= 128 || (MTW == 1 && DQK <= Q_REGS_MAX);
   static constexpr long long SMEM_BYTES = nsa_layout::core_bytes(DQK, DV, MT, WARPS, TILE, STAGES);
 
   static_assert(nsa_layout::core_valid(MT, WARPS, TILE), "invalid engine arrangement (see layout.cuh)");
@@ -168,6 +193,11 @@ struct AttentionCore {
 
   /// CTA-local row of accumulator half `hf` (0: row g, 1: row g+8) of this warp's tile `mt`.
   __device__ __forceinline__ int row_of(int mt, int hf) const { return (wm * MTW + mt) * 16 + (lane >> 2) + hf * 8; }
+
+  /// This warp's CTA rows are [warp_row0(), + WARP_ROWS); its columns of every tile are
+  /// [warp_col0(), + TKW). For a design's skip rule.
+  __device__ __forceinline__ int warp_row0() const { return wm * WARP_ROWS; }
+  __device__ __forceinline__ int warp_col0() const { return wn * TKW; }
 
   /// Computes one tile that has landed in `stage`. When `full` is false, `valid(c0, row)` gives
   /// how many of the 16 keys at tile columns [c0, c0+16) row `row` may see: a prefix length in
@@ -303,12 +333,15 @@ struct AttentionCore {
 
   /// Runs the whole pipeline over `ntiles` tiles numbered [first, first + ntiles). For tile i,
   /// `load(stage, i)` issues its copies (load_tile_async), `full(i)` says no key of it is masked
-  /// for any row, `valid(i, c0, row)` is the masking rule of compute_tile. `load_q()` issues the
+  /// for any row (it is asked by each warp, so an answer for the calling warp's rows and
+  /// columns is enough), `valid(i, c0, row)` is the masking rule of compute_tile. `load_q()` issues the
   /// Q copies (joined to the first group). With ntiles == 0 nothing is loaded and the
-  /// statistics stay empty.
-  template <class LoadQ, class Load, class Full, class Valid>
+  /// statistics stay empty. `skip(i)` (optional) says this warp's rows see no key of its
+  /// columns of tile i: the warp then leaves the tile out (see "Skipping" above);
+  /// `full` and `valid` are only asked about tiles the warp computes.
+  template <class LoadQ, class Load, class Full, class Valid, class Skip = ComputeEveryTile>
   __device__ __forceinline__ void run(long long first, long long ntiles, float scale_log2, LoadQ load_q, Load load,
-                                      Full full, Valid valid) {
+                                      Full full, Valid valid, Skip skip = Skip{}) {
     reset();
     if (ntiles <= 0) return;
     load_q();
@@ -325,6 +358,9 @@ struct AttentionCore {
       if (next < ntiles) load((int)(next % STAGES), first + next);
       cp_async_commit();
       const long long tile = first + it;
+      if constexpr (!SkipsNothing<Skip>::value) {
+        if (__all_sync(0xffffffffu, skip(tile))) continue;
+      }
       compute_tile((int)(it % STAGES), full(tile), scale_log2,
                    [&](int c0, int row) { return valid(tile, c0, row); });
     }

@@ -15,9 +15,21 @@
 // Positions of the union are then q -> key u[q / block] * block + q % block, as in
 // selected_row.cuh. A key at position pos is visible to row r = (q, head) iff bit q of
 // mask[pos / block] is set and key < lim_q; keys at or past the tile's largest limit are
-// zero-filled at load time (never read). A 16-key chunk of a block that every query selected
-// and that lies below the smallest limit needs no mask at all, so clustered tiles are mostly
-// unmasked.
+// zero-filled at load time (never read).
+//
+// Per warp, not per CTA. The engine gives each warp WARP_ROWS rows (queries q_lo .. q_hi, one
+// query per warp when h = 16 and the warps all sit on rows: qtile 8 with 8 warps, qtile 4
+// with 4) and TKW columns of every tile, and asks two questions per tile, each answered for
+// the warp's own rows and columns only (one or two shared-memory reads):
+//   - skip: none of the warp's queries selected a block under its columns, or none sees a key
+//     of it. The warp then leaves the tile out: no S, no softmax update, no P V (exact: the
+//     engine's "Skipping"). With the clustered pattern and qtile 8, a tile is one union block
+//     of ~21, and each query uses 16: about 28% of a warp's tiles go; with the random one most.
+//   - full: every query of the warp selected every block under its columns and sees all of
+//     its keys. Then no mask is applied, so only the diagonal block (and blocks a neighbour
+//     selected and this warp's query did not, which are skipped anyway) pays for masking.
+// Tile 64 = block 64 makes both exact per block; a 128-key tile spans two union blocks and
+// is skipped only when the warp wants neither.
 //
 // Example: QTILE = 2, n = 3, block 64, prefill T = 1000, t0 = 700 (p = 700, 701): query 0 selects
 // {0, 10, 4}, query 1 selects {10, 7, 0}: union {0, 4, 7, 10}, masks {0b11, 0b01, 0b10, 0b11};
@@ -40,7 +52,7 @@ constexpr int kNone = 0x7fffffff;
 static_assert(QTILE >= 1 && QTILE <= 32, "qtile must be in [1, 32] (one mask bit per query)");
 static_assert(MROWS <= nsa_layout::kMaxRows, "qtile * h must be at most 128");
 
-using Core = AttentionCore<nsa_layout::m_tiles(MROWS), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES>;
+using Core = AttentionCore<nsa_layout::m_tiles(MROWS), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES, false, 128>;
 
 namespace {
 
@@ -50,6 +62,60 @@ __device__ __forceinline__ int slot_block(const int* sel_tile, int e, int nq, lo
   if (q >= nq) return kNone;
   const int c = sel_tile[e];  // rows of block_idx for t0, t0+1, ... are consecutive
   return visible_in_block(c, lim0 + q) > 0 ? c : kNone;
+}
+
+/// One operand (K or V: `CH` 16-byte chunks per row, rows `stride` elements apart from `base`)
+/// of tile rows [0, TILE) into shared memory at `dst` (row stride DSTR elements): thread t
+/// copies chunk t % CH of rows t / CH + j * THREADS / CH. `key_of(r)` is row r's key, or -1
+/// for a zero-filled row.
+template <int TILE, int THREADS, int CH, int DSTR, class C, class KeyOf>
+__device__ __forceinline__ void load_rows_fixed(const C& core, elem_t* dst, const elem_t* base, long long stride,
+                                                KeyOf key_of) {
+  static_assert(THREADS % CH == 0 && TILE * CH % THREADS == 0, "every thread copies whole passes of one chunk");
+  const int r0 = threadIdx.x / CH, ch = threadIdx.x % CH;
+#pragma unroll
+  for (int j = 0; j < TILE * CH / THREADS; ++j) {
+    const int r = r0 + j * (THREADS / CH);
+    const long long key = key_of(r);
+    core.copy_kv_16(smem_addr(dst + r * DSTR + ch * 8), key >= 0 ? base + key * stride + ch * 8 : base, key >= 0);
+  }
+}
+
+/// Issues the copies of union tile `tile` into `stage` of the engine's ring: tile row r is union
+/// position pos = tile * TILE + r, key ulist[pos / BLK] * BLK + pos % BLK; rows at or past the
+/// union's end (nu blocks) or whose key is at or past lim_max (no query of the tile sees it)
+/// are zero-filled and never read. When a tile lies in one block (TILE <= BLK) and the threads
+/// divide the 16-byte chunks of a row evenly (D = 64, 128, 256 with 4 or 8 warps), the block id
+/// is read once and each thread's rows and chunks are fixed: its copies issue back to back.
+/// Through the engine's generic loop, with a key functor that reads ulist and branches per
+/// copy, the loads took ~40% of the kernel's time (H100, T=8192, docs/kernels.md). Other
+/// shapes (D_qk = 192, tile 128) keep that generic loop: ptxas has no registers to spare there
+/// (the fixed-row code spilled).
+template <class C>
+__device__ __forceinline__ void load_union_tile(C& core, int stage, long long tile, const int* ulist, int nu,
+                                                long long lim_max, const elem_t* k_bg, long long k_stride,
+                                                const elem_t* v_bg, long long v_stride) {
+  constexpr int TILE = C::TILE_KEYS, THREADS = C::THREADS;
+  const int pos0 = (int)tile * TILE;  // union positions fit an int (see npos)
+  if constexpr (TILE <= BLK && THREADS % C::KCH == 0 && THREADS % C::VCH == 0 && TILE * C::KCH % THREADS == 0 &&
+                TILE * C::VCH % THREADS == 0) {
+    // The whole tile lies in union block pos0 / BLK (< nu: the union has a whole number of
+    // tiles); one read of its id, then branch-free rows.
+    const long long key0 = (long long)ulist[pos0 >> LOG_BLK] * BLK + (pos0 & (BLK - 1));
+    auto key_of = [&](int r) -> long long { return key0 + r < lim_max ? key0 + r : -1; };
+    load_rows_fixed<TILE, THREADS, C::KCH, C::KSTR>(core, core.k_s + stage * TILE * C::KSTR, k_bg, k_stride, key_of);
+    load_rows_fixed<TILE, THREADS, C::VCH, C::VSTR>(core, core.v_s + stage * TILE * C::VSTR, v_bg, v_stride, key_of);
+  } else {
+    core.load_tile_async(
+        stage,
+        [&](int r) -> long long {
+          const int pos = pos0 + r;
+          if (pos >= nu * BLK) return -1;
+          const long long key = (long long)ulist[pos >> LOG_BLK] * BLK + (pos & (BLK - 1));
+          return key < lim_max ? key : -1;
+        },
+        k_bg, k_stride, v_bg, v_stride);
+  }
 }
 
 }  // namespace
@@ -67,6 +133,11 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
   Core core;
   core.init(smem + kExtras);
   const int tid = threadIdx.x;
+  // The queries of this warp's rows (bits q_lo .. q_hi; none for a warp of padding rows only).
+  const int q_lo = core.warp_row0() / H;
+  const int q_last = (core.warp_row0() + Core::WARP_ROWS - 1) / H;
+  const int q_hi = q_last < QTILE - 1 ? q_last : QTILE - 1;
+  const unsigned warp_queries = q_lo > q_hi ? 0u : ((2u << q_hi) - 1u) & ~((1u << q_lo) - 1u);
 
   const long long qtiles = (p.t_q + QTILE - 1) / QTILE;
   const long long items = p.batch * p.h_kv * qtiles;
@@ -103,7 +174,7 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
         __syncthreads();
       }
     if (tid < 32) {
-      int nu = 0;
+      int nu = 0, nlow = 0;
       for (int i0 = 0; i0 < SORT_N; i0 += 32) {
         const int i = i0 + tid;
         const int v = i < SORT_N ? sort_s[i] : kNone;
@@ -116,11 +187,18 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
           umask[u] = 0u;
         }
         nu += __popc(kb);
+        nlow += __popc(__ballot_sync(0xffffffffu, keep && ((long long)v + 1) * BLK <= lim0));
       }
-      if (tid == 0) scalars[0] = nu;
+      if (tid == 0) {
+        scalars[0] = nu;
+        scalars[1] = nlow;
+      }
     }
     __syncthreads();
     const int nu = scalars[0];
+    // Blocks ulist[0, nlow) end at or below the smallest limit lim0: every query that selected
+    // one sees all of it (ascending order makes them a prefix).
+    const int nlow = scalars[1];
 
     // 3. Which queries selected each union block.
     for (int e = tid; e < SLOTS; e += THREADS) {
@@ -137,12 +215,20 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
     __syncthreads();
 
     const unsigned all_queries = nq == 32 ? 0xffffffffu : ((1u << nq) - 1u);
-    const long long npos = (long long)nu * BLK;
+    const int npos = nu * BLK;  // union positions (at most 32 * 128 blocks of 256 keys: an int)
     const elem_t* k_bg = ptr_elem(p.k) + (b * p.t_kv * p.h_kv + g) * DQK;
     const elem_t* v_bg = ptr_elem(p.v) + (b * p.t_kv * p.h_kv + g) * DV;
     const long long k_stride = p.h_kv * DQK, v_stride = p.h_kv * DV;
     // Row r's Q: Q[b][t0 + r / h][g * h + r % h]; rows past the tile's queries are padding.
     const elem_t* q_tile = ptr_elem(p.q) + ((b * p.t_q + t0) * h_q + g * H) * DQK;
+
+    // This warp's share of tile i: its columns [warp_col0, + TKW) are kSegs segments of
+    // kSegKeys union positions, one per union block (columns start TKW-aligned, and TKW and
+    // BLK are powers of two). Segment j starts at position seg_pos(i, j).
+    constexpr int kSegs = Core::TKW > BLK ? Core::TKW / BLK : 1;
+    constexpr int kSegKeys = Core::TKW > BLK ? BLK : Core::TKW;
+    const unsigned real_queries = warp_queries & all_queries;  // (umask has no bit past nq)
+    auto seg_pos = [&](long long tile, int j) { return (int)tile * TILE + core.warp_col0() + j * kSegKeys; };
 
     core.run(
         0, (npos + TILE - 1) / TILE, p.scale * NSA_LOG2E,
@@ -152,33 +238,48 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
           });
         },
         [&](int stage, long long tile) {
-          core.load_tile_async(
-              stage,
-              [&](int i) -> long long {
-                const long long pos = tile * TILE + i;
-                if (pos >= npos) return -1;
-                const long long key = (long long)ulist[pos >> LOG_BLK] * BLK + (pos & (BLK - 1));
-                return key < lim_max ? key : -1;
-              },
-              k_bg, k_stride, v_bg, v_stride);
+          load_union_tile(core, stage, tile, ulist, nu, lim_max, k_bg, k_stride, v_bg, v_stride);
         },
         [&](long long tile) {
-          // Full when every block the tile touches was selected by every query and ends at or
-          // below the smallest limit (lim0).
-          const long long pos0 = tile * TILE;
-          if (pos0 + TILE > npos) return false;
-          for (long long u = pos0 >> LOG_BLK; u <= (pos0 + TILE - 1) >> LOG_BLK; ++u)
-            if (umask[u] != all_queries || (long long)(ulist[u] + 1) * BLK > lim0) return false;
+          // Unmasked for this warp when each block under its columns was selected by every
+          // real query of its rows and ends at or below the smallest limit. Padding rows then
+          // see unmasked zero scores: finite, never stored.
+          if (real_queries == 0u) return false;
+#pragma unroll
+          for (int j = 0; j < kSegs; ++j) {
+            const int pos = seg_pos(tile, j);
+            if (pos >= npos) return false;
+            const int u = pos >> LOG_BLK;
+            if (u >= nlow || (umask[u] & real_queries) != real_queries) return false;
+          }
           return true;
         },
         [&](long long tile, int c0, int row) {
-          const long long pos = tile * TILE + c0;
+          const int pos = (int)tile * TILE + c0;
           const int q = row / H;
           if (pos >= npos || q >= nq) return 0;
-          const int u = (int)(pos >> LOG_BLK);
+          const int u = pos >> LOG_BLK;
           if (((umask[u] >> q) & 1u) == 0u) return 0;
           const long long left = lim0 + q - ((long long)ulist[u] * BLK + (pos & (BLK - 1)));
           return left <= 0 ? 0 : (left >= 16 ? 16 : (int)left);
+        },
+        [&](long long tile) {
+          // Skip when no query of this warp's rows selected a block under its columns, or the
+          // latest selecting query (the largest limit) sees none of the segment's keys: a
+          // selecting query sees the block's first key (slot_block), so that test is needed
+          // only for a segment that starts inside its block (TKW < BLK). Positions past npos
+          // are zero-fill, masked for every row.
+#pragma unroll
+          for (int j = 0; j < kSegs; ++j) {
+            const int pos = seg_pos(tile, j);
+            if (pos >= npos) break;
+            const unsigned sel = umask[pos >> LOG_BLK] & real_queries;
+            if (sel == 0u) continue;
+            if (kSegKeys == BLK) return false;
+            const long long first_key = (long long)ulist[pos >> LOG_BLK] * BLK + (pos & (BLK - 1));
+            if (first_key < lim0 + (31 - __clz(sel))) return false;
+          }
+          return true;
         });
     core.finish(nq * H, [&](int r, int ch, const float (&acc)[8], float m, float l) {
       const long long t = t0 + r / H;
