@@ -122,6 +122,18 @@ struct AttentionCore {
     }
   }
 
+  /// One operand of load_tile_fixed_async: `CH` chunks per row, shared row stride DSTR.
+  template <int CH, int DSTR, class KeyOf>
+  __device__ __forceinline__ void load_rows_fixed(elem_t* dst, const elem_t* base, long long stride, KeyOf key_of) const {
+    const int r0 = tid / CH, ch = tid % CH;
+#pragma unroll
+    for (int j = 0; j < TILE * CH / THREADS; ++j) {
+      const int r = r0 + j * (THREADS / CH);
+      const long long key = key_of(r);
+      copy_kv_16(smem_addr(dst + r * DSTR + ch * 8), key >= 0 ? base + key * stride + ch * 8 : base, key >= 0);
+    }
+  }
+
   /// Clears the running statistics for a new unit of work.
   __device__ __forceinline__ void reset() {
 #pragma unroll
@@ -173,6 +185,24 @@ struct AttentionCore {
       const elem_t* src = key >= 0 ? v_base + key * v_stride + ch * 8 : v_base;
       copy_kv_16(smem_addr(vs + r * VSTR + ch * 8), src, key >= 0);
     }
+  }
+
+  /// True when every thread copies whole passes of one 16-byte chunk column of K and of V: then
+  /// load_tile_fixed_async applies (D = 64, 128, 256 with 4 or 8 warps; not D = 192).
+  static constexpr bool FIXED_ROWS =
+      THREADS % KCH == 0 && THREADS % VCH == 0 && TILE * KCH % THREADS == 0 && TILE * VCH % THREADS == 0;
+
+  /// load_tile_async with each thread's rows and chunk fixed at compile time: thread t copies
+  /// chunk t % CH of rows t / CH + j * (THREADS / CH), so with a cheap `key_of` (one block id
+  /// read per tile, then key0 + r) its copies issue back to back with no per-copy division,
+  /// list lookup or branch. The generic loop cost ~40% of prefill_shared's time on the H100
+  /// (docs/kernels.md); the row-wise designs use this one whenever a tile lies in one block.
+  template <class KeyOf>
+  __device__ __forceinline__ void load_tile_fixed_async(int stage, KeyOf key_of, const elem_t* k_base,
+                                                        long long k_stride, const elem_t* v_base, long long v_stride) {
+    static_assert(FIXED_ROWS, "load_tile_fixed_async needs THREADS to divide the chunks of a tile evenly");
+    load_rows_fixed<KCH, KSTR>(k_s + stage * TILE * KSTR, k_base, k_stride, key_of);
+    load_rows_fixed<VCH, VSTR>(v_s + stage * TILE * VSTR, v_base, v_stride, key_of);
   }
 
   /// Loads this warp's Q fragments into registers (after Q has landed and the CTA synchronised).

@@ -64,23 +64,6 @@ __device__ __forceinline__ int slot_block(const int* sel_tile, int e, int nq, lo
   return visible_in_block(c, lim0 + q) > 0 ? c : kNone;
 }
 
-/// One operand (K or V: `CH` 16-byte chunks per row, rows `stride` elements apart from `base`)
-/// of tile rows [0, TILE) into shared memory at `dst` (row stride DSTR elements): thread t
-/// copies chunk t % CH of rows t / CH + j * THREADS / CH. `key_of(r)` is row r's key, or -1
-/// for a zero-filled row.
-template <int TILE, int THREADS, int CH, int DSTR, class C, class KeyOf>
-__device__ __forceinline__ void load_rows_fixed(const C& core, elem_t* dst, const elem_t* base, long long stride,
-                                                KeyOf key_of) {
-  static_assert(THREADS % CH == 0 && TILE * CH % THREADS == 0, "every thread copies whole passes of one chunk");
-  const int r0 = threadIdx.x / CH, ch = threadIdx.x % CH;
-#pragma unroll
-  for (int j = 0; j < TILE * CH / THREADS; ++j) {
-    const int r = r0 + j * (THREADS / CH);
-    const long long key = key_of(r);
-    core.copy_kv_16(smem_addr(dst + r * DSTR + ch * 8), key >= 0 ? base + key * stride + ch * 8 : base, key >= 0);
-  }
-}
-
 /// Issues the copies of union tile `tile` into `stage` of the engine's ring: tile row r is union
 /// position pos = tile * TILE + r, key ulist[pos / BLK] * BLK + pos % BLK; rows at or past the
 /// union's end (nu blocks) or whose key is at or past lim_max (no query of the tile sees it)
@@ -95,16 +78,14 @@ template <class C>
 __device__ __forceinline__ void load_union_tile(C& core, int stage, long long tile, const int* ulist, int nu,
                                                 long long lim_max, const elem_t* k_bg, long long k_stride,
                                                 const elem_t* v_bg, long long v_stride) {
-  constexpr int TILE = C::TILE_KEYS, THREADS = C::THREADS;
+  constexpr int TILE = C::TILE_KEYS;
   const int pos0 = (int)tile * TILE;  // union positions fit an int (see npos)
-  if constexpr (TILE <= BLK && THREADS % C::KCH == 0 && THREADS % C::VCH == 0 && TILE * C::KCH % THREADS == 0 &&
-                TILE * C::VCH % THREADS == 0) {
+  if constexpr (TILE <= BLK && C::FIXED_ROWS) {
     // The whole tile lies in union block pos0 / BLK (< nu: the union has a whole number of
     // tiles); one read of its id, then branch-free rows.
     const long long key0 = (long long)ulist[pos0 >> LOG_BLK] * BLK + (pos0 & (BLK - 1));
-    auto key_of = [&](int r) -> long long { return key0 + r < lim_max ? key0 + r : -1; };
-    load_rows_fixed<TILE, THREADS, C::KCH, C::KSTR>(core, core.k_s + stage * TILE * C::KSTR, k_bg, k_stride, key_of);
-    load_rows_fixed<TILE, THREADS, C::VCH, C::VSTR>(core, core.v_s + stage * TILE * C::VSTR, v_bg, v_stride, key_of);
+    core.load_tile_fixed_async(
+        stage, [&](int r) -> long long { return key0 + r < lim_max ? key0 + r : -1; }, k_bg, k_stride, v_bg, v_stride);
   } else {
     core.load_tile_async(
         stage,

@@ -79,8 +79,18 @@ __device__ __forceinline__ void attend_selected_row(Core& core, const SelectedRo
       first, count, p.scale * NSA_LOG2E,
       [&]() { core.load_q_async([&](int i) -> const elem_t* { return i < H ? q_rows + (long long)i * DQK : nullptr; }); },
       [&](int stage, long long tile) {
-        core.load_tile_async(
-            stage, [&](int i) { return row.key_at(tile * TILE + i); }, k_bg, k_stride, v_bg, v_stride);
+        if constexpr (TILE <= BLK && Core::FIXED_ROWS) {
+          // The tile lies in one listed block (tiles never straddle blocks when TILE <= BLK): one
+          // read of its id, then keys key0 + r for the tile's visible rows r < npos - pos0.
+          const long long pos0 = tile * TILE;
+          const long long key0 = (long long)row.list[pos0 >> LOG_BLK] * BLK + (pos0 & (BLK - 1));
+          const long long left = npos - pos0;
+          core.load_tile_fixed_async(
+              stage, [&](int r) -> long long { return r < left ? key0 + r : -1; }, k_bg, k_stride, v_bg, v_stride);
+        } else {
+          core.load_tile_async(
+              stage, [&](int i) { return row.key_at(tile * TILE + i); }, k_bg, k_stride, v_bg, v_stride);
+        }
       },
       [&](long long tile) { return (tile + 1) * TILE <= npos; },
       [&](long long tile, int c0, int) {
