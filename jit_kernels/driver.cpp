@@ -329,18 +329,8 @@ DriverResult<PreparedPlan> PreparedPlan::prepare(const Module& module, const Lau
 }
 
 DriverResult<void> PreparedPlan::launch(const SelectionParams& params, const Stream& stream) const {
-  if (m_plan.workspace_bytes > 0 && params.workspace == 0)
-    return fail("cuLaunchKernel", CUDA_ERROR_INVALID_VALUE, m_variant,
-                "the plan needs " + std::to_string(m_plan.workspace_bytes) +
-                    " bytes of workspace but params.workspace is 0");
-  // Every kernel takes the parameter block by value as its only argument.
-  void* args[] = {const_cast<SelectionParams*>(&params)};
-  for (std::size_t i = 0; i < m_functions.size(); ++i) {
-    const auto& l = m_plan.launches[i];
-    CUresult r = api().launch_kernel(m_functions[i], l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1],
-                                     l.block[2], l.shared_bytes, stream.handle(), args, nullptr);
-    if (r != CUDA_SUCCESS) return fail("cuLaunchKernel", r, m_variant, "entry '" + l.entry + "'");
-  }
+  for (std::size_t i = 0; i < m_functions.size(); ++i)
+    if (auto r = launch_one(i, params, stream); !r) return r;
   return {};
 }
 
@@ -354,6 +344,7 @@ DriverResult<void> PreparedPlan::launch_one(std::size_t index, const SelectionPa
     return fail("cuLaunchKernel", CUDA_ERROR_INVALID_VALUE, m_variant,
                 "the plan needs " + std::to_string(m_plan.workspace_bytes) +
                     " bytes of workspace but params.workspace is 0");
+  // Every kernel takes the parameter block by value as its only argument.
   void* args[] = {const_cast<SelectionParams*>(&params)};
   const auto& l = m_plan.launches[index];
   CUresult r = api().launch_kernel(m_functions[index], l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1],

@@ -46,6 +46,19 @@
 
 #include "common.cuh"
 
+/// acc[e] += w * x[e] for one 8-wide chunk x = (x0, x1) of a partial O: the step of every merge
+/// of partial results (the engine's column groups, split_kv's shares).
+__device__ __forceinline__ void add_weighted_chunk(float (&acc)[8], float w, const float4& x0, const float4& x1) {
+  acc[0] += w * x0.x;
+  acc[1] += w * x0.y;
+  acc[2] += w * x0.z;
+  acc[3] += w * x0.w;
+  acc[4] += w * x1.x;
+  acc[5] += w * x1.y;
+  acc[6] += w * x1.z;
+  acc[7] += w * x1.w;
+}
+
 /// run()'s default skip rule: every warp computes every tile.
 struct ComputeEveryTile {
   __device__ __forceinline__ bool operator()(long long) const { return false; }
@@ -441,15 +454,7 @@ struct AttentionCore {
         const float wgt = fast_exp2(red_ml[(w * ROWS + r) * 2] - base);
         l += wgt * red_ml[(w * ROWS + r) * 2 + 1];
         const float4* src = reinterpret_cast<const float4*>(red_o + (w * ROWS + r) * RSTR + ch * 8);
-        const float4 x0 = src[0], x1 = src[1];
-        acc[0] += wgt * x0.x;
-        acc[1] += wgt * x0.y;
-        acc[2] += wgt * x0.z;
-        acc[3] += wgt * x0.w;
-        acc[4] += wgt * x1.x;
-        acc[5] += wgt * x1.y;
-        acc[6] += wgt * x1.z;
-        acc[7] += wgt * x1.w;
+        add_weighted_chunk(acc, wgt, src[0], src[1]);
       }
       emit(r, ch, acc, m, l);
     }

@@ -149,14 +149,7 @@ __device__ __forceinline__ void merge_in_cluster(float* part, const SelectionPar
       const float4 x0 = ld_cluster_f32x4(src), x1 = ld_cluster_f32x4(src + 16);
       const float w = fast_exp2(ms[sp] - base);
       l += w * ld_cluster_f32(cluster_map(l_base + i * 4, sp));
-      acc[0] += w * x0.x;
-      acc[1] += w * x0.y;
-      acc[2] += w * x0.z;
-      acc[3] += w * x0.w;
-      acc[4] += w * x1.x;
-      acc[5] += w * x1.y;
-      acc[6] += w * x1.z;
-      acc[7] += w * x1.w;
+      add_weighted_chunk(acc, w, x0, x1);
     }
     store_output_chunk(o_rows + (long long)i * DV, lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch,
                        acc, mx, l);
