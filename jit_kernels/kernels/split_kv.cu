@@ -49,9 +49,10 @@
 // with on-chip traffic: the row's SPLIT CTAs are one thread-block cluster (__cluster_dims__), each
 // keeps its partial in its own shared memory, and after a cluster barrier each merges 1/SPLIT of
 // the row's (head, chunk) items by reading its peers' partials through distributed shared memory
-// (merge_in_cluster below). What it saves per row: the partial's round trip through L2, the
-// release/acquire arrival, and the serial merge by one CTA. What it costs: the SPLIT CTAs of a
-// cluster must be resident on one GPC at once.
+// (merge_in_cluster below). It drops the partial's round trip through L2, the release/acquire
+// arrival and the serial merge by one CTA, and needs the SPLIT CTAs of a cluster resident on one
+// GPC at once. On the H100 that bought ~1 us at B=16 and nothing at B=1, where each CTA is bound
+// by its own instruction chain, not by the merge (docs/performance.md, v3); the tuner keeps both.
 //
 // Knobs: NSA_KNOB_SPLIT (2..32), NSA_KNOB_WARPS (2, 4), NSA_KNOB_TILE (32, 64),
 // NSA_KNOB_STAGES (2..4), NSA_KNOB_CLUSTER (0, 1); the catalog offers only splits that give
