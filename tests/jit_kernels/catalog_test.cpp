@@ -21,6 +21,18 @@ const FamilySpec kPaper{ElemType::fp16, 192, 128, 16, 64, 16};
 const FamilySpec kWideHeads{ElemType::bf16, 64, 64, 32, 32, 8};
 const FamilySpec kOneHead{ElemType::bf16, 128, 128, 1, 128, 1};
 
+/// Expects plan_for to refuse `v` on `shape` with a message containing `reason`; `planned` says
+/// what went wrong if it planned it instead.
+void expect_refused(const KernelVariant& v, const RuntimeShape& shape, const std::string& reason,
+                    const std::string& planned) {
+  try {
+    (void)plan_for(v, shape);
+    ADD_FAILURE() << planned;
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(reason), std::string::npos) << e.what();
+  }
+}
+
 std::string knobs_of(const KernelVariant& v) {
   std::string s;
   for (const auto& [k, value] : v.knobs) s += k + "=" + std::to_string(value) + " ";
@@ -120,12 +132,7 @@ TEST(Catalog, OlderArchsGetOnlyTheReference) {
   EXPECT_EQ(all[0].design, Design::reference);
   KernelVariant v = default_variant(Design::query_outer, kDecode, "sm_90");
   v.arch = "sm_75";
-  try {
-    plan_for(v, RuntimeShape{});
-    FAIL() << "planned a tensor-core variant for sm_75";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("sm_80"), std::string::npos) << e.what();
-  }
+  expect_refused(v, RuntimeShape{}, "sm_80", "planned a tensor-core variant for sm_75");
 }
 
 TEST(Catalog, PrefillTilesNeverExceed128RowsOrSpillTheWarps) {
@@ -217,21 +224,12 @@ TEST(Catalog, SplitKvClustersMergeOnChipOnSm90Only) {
 
   KernelVariant old_arch = v;
   old_arch.arch = "sm_89";
-  try {
-    (void)plan_for(old_arch, RuntimeShape{1, 1, 32768, 4});
-    ADD_FAILURE() << "a cluster variant was planned for sm_89";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("cluster=1 needs thread-block clusters"), std::string::npos) << e.what();
-  }
+  expect_refused(old_arch, RuntimeShape{1, 1, 32768, 4}, "cluster=1 needs thread-block clusters",
+                 "a cluster variant was planned for sm_89");
   KernelVariant wide = v;
   for (auto& [name, value] : wide.knobs)
     if (name == "split") value = 16;
-  try {
-    (void)plan_for(wide, RuntimeShape{1, 1, 32768, 4});
-    ADD_FAILURE() << "a cluster of 16 CTAs was planned";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("not portable"), std::string::npos) << e.what();
-  }
+  expect_refused(wide, RuntimeShape{1, 1, 32768, 4}, "not portable", "a cluster of 16 CTAs was planned");
 }
 
 TEST(Catalog, EvictFirstIsAQueryOuterKnobOffByDefault) {
@@ -283,20 +281,12 @@ TEST(Catalog, SplitKvGivesEveryCtaOfAFullRowATileAndNoIdleStages) {
   // A setting the catalog prunes is refused by plan_for with the reason.
   KernelVariant idle = default_variant(Design::split_kv, kDecode, "sm_90");
   idle.knobs = {{"split", 32}, {"warps", 4}, {"tile", 64}, {"stages", 2}, {"cluster", 0}};
-  try {
-    (void)plan_for(idle, RuntimeShape{16, 1, 32768, 4});
-    ADD_FAILURE() << "split 32 of 16 tiles was planned";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("split=32 exceeds the 16 tiles of 64 keys"), std::string::npos) << e.what();
-  }
+  expect_refused(idle, RuntimeShape{16, 1, 32768, 4}, "split=32 exceeds the 16 tiles of 64 keys",
+                 "split 32 of 16 tiles was planned");
   KernelVariant deep = idle;
   deep.knobs = {{"split", 16}, {"warps", 4}, {"tile", 64}, {"stages", 4}, {"cluster", 0}};
-  try {
-    (void)plan_for(deep, RuntimeShape{1, 1, 32768, 4});
-    ADD_FAILURE() << "a 4-stage ring for one tile per CTA was planned";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("owns at most 1 of the 16 tiles"), std::string::npos) << e.what();
-  }
+  expect_refused(deep, RuntimeShape{1, 1, 32768, 4}, "owns at most 1 of the 16 tiles",
+                 "a 4-stage ring for one tile per CTA was planned");
 
   // Short rows: n = 1 block of 64 keys has two 32-key tiles: split 2 of 32-key tiles is all
   // that remains, so the design still serves the family.
@@ -343,12 +333,7 @@ TEST(Catalog, GridsAreCappedForHugeShapesAndKernelsLoop) {
 TEST(Catalog, PlansRejectSettingsTheCatalogWouldNotOffer) {
   KernelVariant v = default_variant(Design::query_outer, kDecode, "sm_90");
   v.knobs[1].second = 48;  // tile
-  try {
-    plan_for(v, RuntimeShape{});
-    FAIL() << "planned tile=48";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("tile=48"), std::string::npos) << e.what();
-  }
+  expect_refused(v, RuntimeShape{}, "tile=48", "planned tile=48");
   v = default_variant(Design::query_outer, kDecode, "sm_90");
   v.knobs.pop_back();
   EXPECT_THROW(plan_for(v, RuntimeShape{}), std::invalid_argument);
@@ -364,12 +349,7 @@ TEST(Catalog, PlansRejectSettingsTheCatalogWouldNotOffer) {
 
 TEST(Catalog, PlansRejectEmptyShapesWithTheValues) {
   const auto v = default_variant(Design::query_outer, kDecode, "sm_90");
-  try {
-    plan_for(v, RuntimeShape{1, 0, 10, 1});
-    FAIL() << "planned T_q = 0";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("T_q=0"), std::string::npos) << e.what();
-  }
+  expect_refused(v, RuntimeShape{1, 0, 10, 1}, "T_q=0", "planned T_q = 0");
 }
 
 TEST(Catalog, LayoutArithmeticMatchesTheEngineRules) {
