@@ -476,6 +476,10 @@ def build_report(out_dir, cases=None):
         lines.append(f"- prefill cases: nsa-bench-kernels {' '.join(pre)} (to fit the run in one device call: split_kv "
                      "is a decode design, one baseline setting at T=32768 moves 3 x 69 GB per run); every other "
                      "catalog variant is timed.")
+    dec = meta.get("decode_options")
+    if any(c.group == "decode" for c in cases) and dec:
+        lines.append(f"- decode cases: nsa-bench-kernels {' '.join(dec)} (a prefill design: one query per CTA of "
+                     "several consumer warps); every other catalog variant is timed.")
     notes = []
     for c in cases:
         m = by_name[c.name]
@@ -547,6 +551,12 @@ RAW_ARCHIVE = "selection-report-raw.tar.gz"
 def prefill_options(args):
     """What the prefill run of nsa-bench-kernels leaves out unless --all-designs."""
     return ["--exclude-designs", "split_kv"] + ([] if args.quick else ["--baseline-defaults-only"])
+
+
+def decode_options(args):
+    """What the decode run leaves out unless --all-designs: prefill_stream, a prefill design whose
+    CTA of qtile consumer warps holds one query in decode (T_q = 1)."""
+    return ["--exclude-designs", "prefill_stream"]
 
 
 def recorded_dir(path, scratch):
@@ -630,6 +640,7 @@ def run(args, cases):
 
     if not args.all_designs:
         meta["prefill_options"] = prefill_options(args)
+        meta["decode_options"] = decode_options(args)
     steps = []
     for fam in FAMILIES:
         fam_cases = [c for c in cases if c.family == fam]
@@ -660,8 +671,8 @@ def run(args, cases):
                 cmd += ["--shape", c.shape_arg()]
             if args.quick:
                 cmd.append("--defaults-only")
-            if group == "prefill" and not args.all_designs:
-                cmd += prefill_options(args)
+            if not args.all_designs:
+                cmd += prefill_options(args) if group == "prefill" else decode_options(args)
             cmd += args.bench_arg
             log(start, f"{what}: nsa-bench-kernels, {len(g)} shape(s), up to {left:.0f} s")
             rc, timed_out = run_logged(cmd, os.path.join(raw, f"bench-{fam}-{group}.log"), left)
@@ -732,7 +743,8 @@ def main(argv=None):
     ap.add_argument("--list-cases", action="store_true", help="print the cases and exit")
     ap.add_argument("--quick", action="store_true", help="each design's default knobs only (--defaults-only)")
     ap.add_argument("--all-designs", action="store_true",
-                    help="prefill too: every design (split_kv included) and every baseline setting (slower)")
+                    help="every design in both phases (split_kv in prefill, prefill_stream in decode) and every "
+                         "baseline setting (slower)")
     ap.add_argument("--runs", type=int, default=20, help="timed runs per variant (nsa-bench-kernels --runs)")
     ap.add_argument("--prefill-runs", type=int, default=10,
                     help="timed runs per variant in the prefill cases (each run takes milliseconds)")

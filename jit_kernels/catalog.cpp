@@ -50,12 +50,16 @@ const std::vector<Knob>& knobs_of(Design d) {
                                           {"cluster", {1, 0}}};
   static const std::vector<Knob> prefill = {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
+  // prefill_stream: one consumer warp per query, so qtile is also the consumer count; the ring
+  // holds whole blocks. bulk = 1 (TMA bulk row copies) is sm_90 and newer, preferred there.
+  static const std::vector<Knob> stream = {{"qtile", {7, 11, 15, 3}}, {"stages", {4, 3, 6, 2}}, {"bulk", {1, 0}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
     case Design::query_outer: return outer;
     case Design::split_kv: return split;
     case Design::prefill_shared: return prefill;
+    case Design::prefill_stream: return stream;
   }
   return none;
 }
@@ -101,6 +105,8 @@ std::int64_t engine_smem(const KernelVariant& v) {
       return L::split_kv_smem(s.d_qk, s.d_v, s.h, s.n, warps, tile, stages, knob_value(v, "cluster"));
     case Design::prefill_shared:
       return L::prefill_shared_smem(s.d_qk, s.d_v, s.h, s.n, knob_value(v, "qtile"), warps, tile, stages);
+    case Design::prefill_stream:
+      return L::prefill_stream_smem(s.d_qk, s.d_v, s.n, s.block, knob_value(v, "qtile"), stages);
   }
   return 0;
 }
@@ -140,6 +146,33 @@ std::string split_kv_problem(const KernelVariant& v) {
   return "";
 }
 
+/// Why a prefill_stream setting cannot run, or "" when it can. Its warps are one producer and
+/// one consumer per query, each consumer a one-warp engine of 16 rows: no engine arrangement to
+/// check, but h must fit those rows. Registers (layout.cuh's register plan): a consumer holds O
+/// (D_v / 2), S (step / 2), Q (D_qk / 4) when it stays in registers, and ~40 more (ptxas on sm_90,
+/// D 128 and 192: qtile 3/7 201-218 of 255, qtile 11 166-167 of 168, qtile 15 126-128 of 128).
+std::string prefill_stream_problem(const KernelVariant& v) {
+  const FamilySpec& s = v.spec;
+  if (s.h > 16)
+    return "h=" + std::to_string(s.h) + " query heads per group exceed the 16 rows of a prefill_stream consumer "
+           "warp (one warp per query); use prefill_shared or query_outer";
+  if (knob_value(v, "bulk") == 1 && arch_number(v.arch) < 90)
+    return "bulk=1 copies rows with the TMA unit (cp.async.bulk, sm_90 or newer); " + v.arch + " has none: use bulk=0";
+  const int qtile = knob_value(v, "qtile");
+  const int regs = s.d_v / 2 + L::stream_chunk(qtile, s.block) / 2 +
+                   (L::stream_q_in_registers(qtile) ? s.d_qk / 4 : 0) + 40;
+  const int budget = L::stream_register_budget(qtile);
+  if (regs > budget)
+    return "a consumer warp needs about " + std::to_string(regs) + " registers per thread; with qtile=" +
+           std::to_string(qtile) + " (" + std::to_string(32 * L::stream_warps(qtile)) + " threads) a thread has " +
+           std::to_string(budget) + ": use a smaller qtile";
+  const std::int64_t smem = engine_smem(v);
+  if (smem > max_dynamic_shared_bytes(v.arch))
+    return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +
+           std::to_string(max_dynamic_shared_bytes(v.arch)) + ": use fewer stages or a smaller qtile";
+  return "";
+}
+
 /// Why `v`'s knobs are not a setting the catalog offers on its arch, or "" when they are.
 std::string setting_problem(const KernelVariant& v) {
   if (auto reason = unsupported_reason(v.spec)) return *reason;
@@ -163,6 +196,7 @@ std::string setting_problem(const KernelVariant& v) {
   if (cc < 80) return "the tensor-core designs need sm_80 or newer (mma.sync bf16, cp.async); " + v.arch + " is older";
   if (v.design == Design::split_kv)
     if (std::string problem = split_kv_problem(v); !problem.empty()) return problem;
+  if (v.design == Design::prefill_stream) return prefill_stream_problem(v);
   const int rows = engine_rows(v);
   if (rows > L::kMaxRows)
     return "qtile*h = " + std::to_string(rows) + " rows exceed the 128 rows one CTA holds";
@@ -197,13 +231,15 @@ std::string_view source_for(Design d) {
     case Design::query_outer: return "query_outer.cu";
     case Design::split_kv: return "split_kv.cu";
     case Design::prefill_shared: return "prefill_shared.cu";
+    case Design::prefill_stream: return "prefill_stream.cu";
   }
   return "";
 }
 
 const std::vector<Design>& all_designs() {
-  static const std::vector<Design> designs = {Design::reference, Design::sdpa_packed, Design::query_outer,
-                                              Design::split_kv, Design::prefill_shared};
+  static const std::vector<Design> designs = {Design::reference,      Design::sdpa_packed,
+                                              Design::query_outer,    Design::split_kv,
+                                              Design::prefill_shared, Design::prefill_stream};
   return designs;
 }
 
@@ -333,6 +369,13 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       const int qtile = knob_value(v, "qtile");
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
       plan.launches.push_back(launch("nsa_prefill_shared", items, engine_threads, engine_smem(v)));
+      break;
+    }
+    case Design::prefill_stream: {
+      const int qtile = knob_value(v, "qtile");
+      const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
+      plan.launches.push_back(
+          launch("nsa_prefill_stream", items, 32u * static_cast<unsigned>(L::stream_warps(qtile)), engine_smem(v)));
       break;
     }
   }

@@ -17,12 +17,14 @@ std::string_view to_string(Design d) {
     case Design::query_outer: return "query_outer";
     case Design::split_kv: return "split_kv";
     case Design::prefill_shared: return "prefill_shared";
+    case Design::prefill_stream: return "prefill_stream";
   }
   return "unknown";
 }
 
 bool is_sparse(Design d) {
-  return d == Design::query_outer || d == Design::split_kv || d == Design::prefill_shared;
+  return d == Design::query_outer || d == Design::split_kv || d == Design::prefill_shared ||
+         d == Design::prefill_stream;
 }
 
 std::string FamilySpec::key() const {
@@ -80,7 +82,7 @@ std::optional<KernelVariant> KernelVariant::parse(std::string_view key) {
   KernelVariant v;
   bool found = false;
   for (Design d : {Design::reference, Design::sdpa_packed, Design::query_outer, Design::split_kv,
-                   Design::prefill_shared})
+                   Design::prefill_shared, Design::prefill_stream})
     if (to_string(d) == parts[1]) {
       v.design = d;
       found = true;

@@ -90,9 +90,9 @@ struct AttentionCore {
   static constexpr int VCH = DV / 8;
   // Q fragments stay in registers when they take at most 64 of them; else they are re-read from
   // shared memory with ldmatrix for every tile (D_qk = 256, or two row tiles of D_qk >= 192).
-  // A design short of registers may lower Q_REGS_MAX (the largest D_qk whose single row tile
-  // stays in registers; 192 by default).
-  static constexpr bool Q_IN_REGS = MTW * DQK <= 128 || (MTW == 1 && DQK <= Q_REGS_MAX);
+  // A design short of registers may lower Q_REGS_MAX (the largest D_qk whose Q fragments stay
+  // in registers; 192 by default, 0 keeps Q in shared memory always).
+  static constexpr bool Q_IN_REGS = DQK <= Q_REGS_MAX && (MTW * DQK <= 128 || MTW == 1);
   static constexpr long long SMEM_BYTES = nsa_layout::core_bytes(DQK, DV, MT, WARPS, TILE, STAGES);
 
   static_assert(nsa_layout::core_valid(MT, WARPS, TILE), "invalid engine arrangement (see layout.cuh)");
@@ -124,6 +124,26 @@ struct AttentionCore {
     wm = warp % WM;
     wn = warp / WM;
     l2_policy = EVICT_FIRST ? l2_evict_first_policy() : 0ull;
+  }
+
+  /// A one-warp engine (WARPS == 1) for designs whose warps work independently of each other
+  /// (prefill_stream): each warp owns its engine, its Q rows at `q_rows` and reads tile `stage`
+  /// of the CTA's shared K/V ring at k_ring + stage * TILE * KSTR (V likewise). Such a warp uses
+  /// load_q_async, load_q_fragments, reset and compute_tile; it never calls run or finish (no
+  /// merge buffer), and it synchronises with its producer itself.
+  __device__ __forceinline__ void init_warp(elem_t* q_rows, elem_t* k_ring, elem_t* v_ring) {
+    static_assert(WARPS == 1, "init_warp is for one-warp engines");
+    q_s = q_rows;
+    k_s = k_ring;
+    v_s = v_ring;
+    red_o = nullptr;
+    red_ml = nullptr;
+    lane = threadIdx.x & 31;
+    tid = lane;
+    warp = 0;
+    wm = 0;
+    wn = 0;
+    l2_policy = 0ull;
   }
 
   /// One 16-byte K/V copy, with the evict-first hint when the variant asks for it.

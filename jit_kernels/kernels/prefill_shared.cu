@@ -5,13 +5,9 @@
 // CTA streams the UNION of their selections through the engine (attention_core.cuh) and masks,
 // per (row, key), what that row's query did not select or may not see.
 //
-// Building the union, in shared memory, for QTILE * n slots:
-//   1. each slot holds its block c if c >= 0 and the block starts before its query's visible
-//      limit lim_q = min(p(t0+q)+1, T_kv), else INT_MAX;
-//   2. a bitonic sort (E = QTILE*n rounded up to a power of two) and a warp-ballot compaction of
-//      the distinct values give the union list u[0 .. nu) in ascending block order;
-//   3. each valid slot finds its block in the list by binary search and sets its query's bit in
-//      mask[u] (atomicOr), so mask[u] says which queries selected block u.
+// The union is built in shared memory by query_tile_union.cuh: ulist[0 .. nu) in ascending
+// block order, umask[u] the queries that selected ulist[u], and nlow (the blocks every selecting
+// query sees whole).
 // Positions of the union are then q -> key u[q / block] * block + q % block, as in
 // selected_row.cuh. A key at position pos is visible to row r = (q, head) iff bit q of
 // mask[pos / block] is set and key < lim_q; keys at or past the tile's largest limit are
@@ -31,14 +27,11 @@
 // Tile 64 = block 64 makes both exact per block; a 128-key tile spans two union blocks and
 // is skipped only when the warp wants neither.
 //
-// Example: QTILE = 2, n = 3, block 64, prefill T = 1000, t0 = 700 (p = 700, 701): query 0 selects
-// {0, 10, 4}, query 1 selects {10, 7, 0}: union {0, 4, 7, 10}, masks {0b11, 0b01, 0b10, 0b11};
-// block 10 (keys 640..703) is cut at 700 for query 0 and at 701 for query 1.
-//
 // Knobs: NSA_KNOB_QTILE (1, 2, 4, 8), NSA_KNOB_WARPS (4, 8), NSA_KNOB_TILE (32, 64, 128),
 // NSA_KNOB_STAGES (2, 3). Launch: grid.x = min(B * H_kv * ceil(T_q / QTILE), 2^31-1), block =
 // 32 * warps, dynamic shared memory = nsa_layout::prefill_shared_smem(...). No workspace.
 #include "attention_core.cuh"
+#include "query_tile_union.cuh"
 
 #if !defined(NSA_KNOB_QTILE) || !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_TILE) || !defined(NSA_KNOB_STAGES)
 #error "prefill_shared.cu needs the knobs qtile, warps, tile and stages (jit_kernels/catalog.cpp)"
@@ -46,23 +39,12 @@
 
 constexpr int QTILE = NSA_KNOB_QTILE;
 constexpr int MROWS = QTILE * H;
-constexpr int SLOTS = QTILE * NSEL;
-constexpr int SORT_N = nsa_layout::union_sort_size(QTILE, NSEL);
-constexpr int kNone = 0x7fffffff;
-static_assert(QTILE >= 1 && QTILE <= 32, "qtile must be in [1, 32] (one mask bit per query)");
 static_assert(MROWS <= nsa_layout::kMaxRows, "qtile * h must be at most 128");
 
 using Core = AttentionCore<nsa_layout::m_tiles(MROWS), NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES, false, 128>;
+using Union = QueryTileUnion<QTILE, Core::THREADS>;
 
 namespace {
-
-/// The block of slot e (query e / n, slot e % n) if that query may see any of it, else kNone.
-__device__ __forceinline__ int slot_block(const int* sel_tile, int e, int nq, long long lim0) {
-  const int q = e / NSEL;
-  if (q >= nq) return kNone;
-  const int c = sel_tile[e];  // rows of block_idx for t0, t0+1, ... are consecutive
-  return visible_in_block(c, lim0 + q) > 0 ? c : kNone;
-}
 
 /// Issues the copies of union tile `tile` into `stage` of the engine's ring: tile row r is union
 /// position pos = tile * TILE + r, key ulist[pos / BLK] * BLK + pos % BLK; rows at or past the
@@ -107,13 +89,12 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
   constexpr long long kExtras = nsa_layout::union_bytes(QTILE, NSEL);
   require_smem(nsa_layout::prefill_shared_smem(DQK, DV, H, NSEL, QTILE, NSA_KNOB_WARPS, NSA_KNOB_TILE, NSA_KNOB_STAGES));
   unsigned char* smem = dynamic_smem();
-  int* sort_s = reinterpret_cast<int*>(smem);
-  int* ulist = sort_s + SORT_N;
-  unsigned* umask = reinterpret_cast<unsigned*>(ulist + SLOTS);
-  int* scalars = reinterpret_cast<int*>(umask + SLOTS);
+  Union un;
+  un.carve(smem);
+  const int* ulist = un.ulist;
+  const unsigned* umask = un.umask;
   Core core;
   core.init(smem + kExtras);
-  const int tid = threadIdx.x;
   // The queries of this warp's rows (bits q_lo .. q_hi; none for a warp of padding rows only).
   const int q_lo = core.warp_row0() / H;
   const int q_last = (core.warp_row0() + Core::WARP_ROWS - 1) / H;
@@ -136,64 +117,8 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
     const long long lim_max = lim0 + nq - 1;
     const int* sel_tile = reinterpret_cast<const int*>(p.block_idx) + ((b * p.h_kv + g) * p.t_q + t0) * NSEL;
 
-    // 1-2. The union of the tile's selections, sorted and deduplicated.
-    for (int e = tid; e < SORT_N; e += THREADS) sort_s[e] = e < SLOTS ? slot_block(sel_tile, e, nq, lim0) : kNone;
-    __syncthreads();
-    for (int k = 2; k <= SORT_N; k <<= 1)
-      for (int j = k >> 1; j > 0; j >>= 1) {
-        for (int i = tid; i < SORT_N; i += THREADS) {
-          const int ixj = i ^ j;
-          if (ixj > i) {
-            const int a = sort_s[i], c = sort_s[ixj];
-            const bool ascending = (i & k) == 0;
-            if ((a > c) == ascending) {
-              sort_s[i] = c;
-              sort_s[ixj] = a;
-            }
-          }
-        }
-        __syncthreads();
-      }
-    if (tid < 32) {
-      int nu = 0, nlow = 0;
-      for (int i0 = 0; i0 < SORT_N; i0 += 32) {
-        const int i = i0 + tid;
-        const int v = i < SORT_N ? sort_s[i] : kNone;
-        const int prev = (i > 0 && i < SORT_N) ? sort_s[i - 1] : -1;
-        const bool keep = v != kNone && v != prev;
-        const unsigned kb = __ballot_sync(0xffffffffu, keep);
-        if (keep) {
-          const int u = nu + __popc(kb & ((1u << tid) - 1u));
-          ulist[u] = v;
-          umask[u] = 0u;
-        }
-        nu += __popc(kb);
-        nlow += __popc(__ballot_sync(0xffffffffu, keep && ((long long)v + 1) * BLK <= lim0));
-      }
-      if (tid == 0) {
-        scalars[0] = nu;
-        scalars[1] = nlow;
-      }
-    }
-    __syncthreads();
-    const int nu = scalars[0];
-    // Blocks ulist[0, nlow) end at or below the smallest limit lim0: every query that selected
-    // one sees all of it (ascending order makes them a prefix).
-    const int nlow = scalars[1];
-
-    // 3. Which queries selected each union block.
-    for (int e = tid; e < SLOTS; e += THREADS) {
-      const int c = slot_block(sel_tile, e, nq, lim0);
-      if (c == kNone) continue;
-      int lo = 0, hi = nu - 1;  // c is in ulist[0, nu): binary search
-      while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (ulist[mid] < c) lo = mid + 1;
-        else hi = mid;
-      }
-      atomicOr(&umask[lo], 1u << (e / NSEL));
-    }
-    __syncthreads();
+    un.build(sel_tile, nq, lim0);
+    const int nu = un.nu, nlow = un.nlow;
 
     const unsigned all_queries = nq == 32 ? 0xffffffffu : ((1u << nq) - 1u);
     const int npos = nu * BLK;  // union positions (at most 32 * 128 blocks of 256 keys: an int)

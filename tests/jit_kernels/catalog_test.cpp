@@ -106,8 +106,16 @@ TEST(Catalog, VariantsAreDistinctPlannableAndFitTheArch) {
           EXPECT_EQ(l.block[0] % 32, 0u);
         }
       }
-      EXPECT_EQ(designs.size(), all_designs().size())
-          << spec.key() << " on " << arch << ": some design has no setting that fits";
+      // Every design runs every family on every arch, except prefill_stream where its structure
+      // does not fit (h > 16 heads for a one-warp consumer, or a ring of whole blocks beyond the
+      // arch's shared memory); plan_for then says why.
+      for (Design d : all_designs()) {
+        if (designs.count(d)) continue;
+        EXPECT_EQ(d, Design::prefill_stream) << spec.key() << " on " << arch << ": " << to_string(d)
+                                             << " has no setting that fits";
+        EXPECT_THROW((void)plan_for(default_variant(d, spec, arch), RuntimeShape{2, 3, 1000, 2}),
+                     std::invalid_argument);
+      }
     }
   }
 }
@@ -374,4 +382,33 @@ TEST(Catalog, LayoutArithmeticMatchesTheEngineRules) {
   // The merge buffer overlays Q and the stages; the region is whichever is larger.
   EXPECT_EQ(L::core_bytes(128, 128, 1, 4, 64, 2),
             std::max(L::q_tile_bytes(128, 1) + 2 * L::kv_stage_bytes(128, 128, 64), L::merge_bytes(128, 1, 4)));
+}
+
+TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryAndTmaCopiesOnlyOnSm90) {
+  const auto on_sm90 = variants_for(kDecode, "sm_90", Design::prefill_stream);
+  ASSERT_FALSE(on_sm90.empty());
+  EXPECT_EQ(on_sm90.front().key(), "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.qtile7_stages4_bulk1.sm90");
+  std::set<int> qtiles;
+  for (const auto& v : on_sm90) {
+    const int qtile = v.knob("qtile", 0);
+    qtiles.insert(qtile);
+    const LaunchPlan plan = plan_for(v, RuntimeShape{1, 100, 100, 2});
+    ASSERT_EQ(plan.launches.size(), 1u);
+    EXPECT_EQ(plan.launches[0].entry, "nsa_prefill_stream");
+    EXPECT_EQ(plan.launches[0].block[0], 32u * static_cast<unsigned>(qtile + 1)) << v.key();
+    EXPECT_EQ(plan.launches[0].grid[0], 2u * static_cast<unsigned>((100 + qtile - 1) / qtile)) << v.key();
+    EXPECT_EQ(plan.workspace_bytes, 0u);
+  }
+  EXPECT_EQ(qtiles, (std::set<int>{3, 7, 11, 15}));
+  for (const auto& v : variants_for(kDecode, "sm_80", Design::prefill_stream)) EXPECT_EQ(v.knob("bulk", -1), 0) << v.key();
+
+  KernelVariant bulk = on_sm90.front();
+  bulk.arch = "sm_80";
+  expect_refused(bulk, RuntimeShape{1, 100, 100, 2}, "bulk=1 copies rows with the TMA unit",
+                 "a TMA bulk-copy variant was planned for sm_80");
+  KernelVariant wide = default_variant(Design::prefill_stream, kDecode, "sm_90");
+  wide.spec = kWideHeads;
+  expect_refused(wide, RuntimeShape{1, 100, 100, 2}, "h=32 query heads per group exceed the 16 rows",
+                 "prefill_stream was planned for 32 heads per group");
+  EXPECT_TRUE(variants_for(kWideHeads, "sm_90", Design::prefill_stream).empty());
 }

@@ -1,0 +1,232 @@
+// prefill_stream: prefill selection attention in which one producer warp streams the union of a
+// query tile's selected blocks through a shared-memory ring, and every query has a consumer warp
+// of its own that computes only the blocks its query selected, at its own pace.
+//
+// Why. With random selection, QTILE neighbouring queries share few blocks besides the forced
+// ones (block 0 and the two most recent), but a larger tile shares more: at T = 32768 a block
+// of the union of 4 queries' selections serves 1.3 of them, of 8 queries 1.6, of 16 queries 2.0
+// (at T = 8192: 1.7, 2.5, 4.0). Every block loaded once for the tile instead of once per query
+// divides the L2 -> SM traffic, which bounds the row-wise designs, by that factor. But in
+// prefill_shared, whose warps march through the union in lock step (a CTA barrier per tile), a
+// block one query selected costs the whole CTA a step: the larger the tile, the more of them. Here
+// no CTA barrier stands between tiles: the producer fills ring stage j % STAGES with union block j
+// as soon as every consumer of block j - STAGES has released it, and a consumer waits only for the
+// blocks of its own query.
+//
+// Roles. Warps 0 .. QTILE-1 are consumers (warp q: query t0 + q, its h <= 16 heads as the 16
+// rows of one MMA tile, a one-warp AttentionCore); warp QTILE is the producer. Per ring stage s two
+// mbarriers: full[s] (the block has landed) and empty[s] (its consumers are done). Union block j
+// (j counted over the CTA's whole life, so phases run on across work items) uses stage
+// s = j % STAGES in its phase j / STAGES:
+//   producer: wait empty[s] for the phase of block j - STAGES (when j >= STAGES); issue block j's
+//             copies, completing on full[s]; arrive on empty[s] once for each consumer warp that
+//             will not use block j (QTILE - popc(umask[j]) arrivals), so that empty[s] (count QTILE)
+//             completes when the last real consumer is done;
+//   consumer q: for each j with bit q of umask[j]: wait full[s] with parity (j / STAGES) & 1,
+//             compute the block in CHUNK-key steps (mma.sync, online softmax in registers),
+//             arrive on empty[s].
+// Every arrival on empty[s] for block j happens after block j was issued (a consumer waits for it
+// first; the producer arrives right after issuing), so none lands in an earlier phase. Consumers
+// take their blocks in ascending union order and the producer fills them in that order, so the
+// oldest unreleased block is always computable: no deadlock.
+//
+// Copies. bulk = 1 (sm_90): the TMA unit copies each K and V row (D * 2 bytes) with one
+// cp.async.bulk, 2 * block per stage, counted in bytes on full[s] (lane 0 announces them with
+// expect_tx). bulk = 0 (sm_80 and newer): the producer's lanes issue 16-byte cp.async copies, and
+// each lane's cp.async.mbarrier.arrive on full[s] (count 32) fires when its copies have landed.
+// Rows past the tile's largest visible limit are copied from the block's first row instead of
+// being zero-filled (bulk copies cannot zero-fill): finite data that every consumer masks.
+//
+// Numerics are those of the other designs: scores scaled into the log2 domain, online softmax in
+// fp32, P rounded to the input dtype for P V, O normalised once at the end; a query that sees no
+// key writes O = 0 and LSE = -inf. Masking: a consumer computes only blocks its query selected;
+// within one, the query's visible prefix (its causal limit) masks the rest, and CHUNK steps past
+// that prefix are skipped.
+//
+// Knobs: NSA_KNOB_QTILE (4, 8, 16: consumer warps, one query each), NSA_KNOB_STAGES (ring depth
+// in whole blocks), NSA_KNOB_BULK (1: TMA bulk copies, sm_90 and newer; 0: cp.async). Needs h <= 16.
+// Launch: grid.x = min(B * H_kv * ceil(T_q / QTILE), 2^31-1) (CTAs loop over the rest), block =
+// 32 * (QTILE + 1), dynamic shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
+#include "attention_core.cuh"
+#include "query_tile_union.cuh"
+
+#if !defined(NSA_KNOB_QTILE) || !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_BULK)
+#error "prefill_stream.cu needs the knobs qtile, stages and bulk (jit_kernels/catalog.cpp)"
+#endif
+#if NSA_KNOB_BULK && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#error "prefill_stream with bulk=1 needs sm_90 or newer (cp.async.bulk)"
+#endif
+
+constexpr int QTILE = NSA_KNOB_QTILE;
+constexpr int STAGES = NSA_KNOB_STAGES;
+constexpr int THREADS = nsa_layout::stream_warps(QTILE) * 32;
+constexpr int PRODUCER = QTILE;            // the producer's warp index
+constexpr int CHUNK = nsa_layout::stream_chunk(QTILE, BLK);  // keys per compute step
+constexpr int SUBS = BLK / CHUNK;                             // compute steps per block
+static_assert(H <= 16, "prefill_stream gives each query one warp of 16 MMA rows: h must be at most 16");
+static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
+
+// Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
+// beyond, it is re-read from shared memory for every step and the steps are shorter.
+using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(QTILE) ? 192 : 0)>;
+using Union = QueryTileUnion<QTILE, THREADS>;
+
+namespace {
+
+constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
+
+/// The producer: streams union blocks [0, nu) into the ring; `seq` numbers the CTA's union
+/// blocks across work items (block j of this item is the CTA's block seq + j).
+__device__ __forceinline__ void produce(const Union& un, unsigned seq, u32 full0, u32 empty0, elem_t* k_ring,
+                                        elem_t* v_ring, const elem_t* k_bg, const elem_t* v_bg, long long k_stride,
+                                        long long v_stride, long long lim_max) {
+  const int lane = threadIdx.x & 31;
+  for (int j = 0; j < un.nu; ++j) {
+    const unsigned n = seq + (unsigned)j;
+    const int s = (int)(n % STAGES);
+    const u32 full = full0 + 8u * s, empty = empty0 + 8u * s;
+    if (n >= (unsigned)STAGES) mbar_wait(empty, (n / STAGES - 1u) & 1u);
+    const long long key0 = (long long)un.ulist[j] * BLK;
+    elem_t* ks = k_ring + s * BLK * KSTR;
+    elem_t* vs = v_ring + s * BLK * VSTR;
+#if NSA_KNOB_BULK
+    if (lane == 0) mbar_arrive_expect_tx(full, (u32)BLK * (DQK + DV) * 2);  // the bytes of the block's rows
+    __syncwarp();
+#pragma unroll
+    for (int r = lane; r < BLK; r += 32) {
+      const long long key = key0 + r < lim_max ? key0 + r : key0;
+      bulk_copy_g2s(smem_addr(ks + r * KSTR), k_bg + key * k_stride, DQK * 2, full);
+      bulk_copy_g2s(smem_addr(vs + r * VSTR), v_bg + key * v_stride, DV * 2, full);
+    }
+#else
+    constexpr int KCH = DQK / 8, VCH = DV / 8;
+#pragma unroll 8
+    for (int i = lane; i < BLK * KCH; i += 32) {
+      const int r = i / KCH, ch = i % KCH;
+      const long long key = key0 + r < lim_max ? key0 + r : key0;
+      cp_async_16(smem_addr(ks + r * KSTR + ch * 8), k_bg + key * k_stride + ch * 8, true);
+    }
+#pragma unroll 8
+    for (int i = lane; i < BLK * VCH; i += 32) {
+      const int r = i / VCH, ch = i % VCH;
+      const long long key = key0 + r < lim_max ? key0 + r : key0;
+      cp_async_16(smem_addr(vs + r * VSTR + ch * 8), v_bg + key * v_stride + ch * 8, true);
+    }
+    cp_async_mbar_arrive(full);
+#endif
+    // The consumers that will not touch block j release it now.
+    if (lane < QTILE - __popc(un.umask[j])) mbar_arrive(empty);
+  }
+}
+
+/// Consumer warp q: attends query t0 + q over the union blocks it selected and writes its h
+/// output rows (and LSE).
+__device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
+                                        long long lim_q, float scale_log2, elem_t* o_rows, float* lse_rows,
+                                        long long lse_stride) {
+  const int lane = core.lane;
+  core.load_q_fragments();
+  core.reset();
+  for (int j = 0; j < un.nu; ++j) {
+    if (((un.umask[j] >> q) & 1u) == 0u) continue;
+    const unsigned n = seq + (unsigned)j;
+    const int s = (int)(n % STAGES);
+    mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
+    const int vis = visible_in_block(un.ulist[j], lim_q);  // >= 1: the union holds visible blocks only
+#pragma unroll
+    for (int sub = 0; sub < SUBS; ++sub) {
+      if (sub * CHUNK >= vis) break;
+      core.compute_tile(s * SUBS + sub, (sub + 1) * CHUNK <= vis, scale_log2, [&](int c0, int) {
+        const int left = vis - sub * CHUNK - c0;
+        return left <= 0 ? 0 : (left >= 16 ? 16 : left);
+      });
+    }
+    __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
+    if (lane == 0) mbar_arrive(empty0 + 8u * s);
+  }
+  // The warp holds all columns, so its row state is final: O = acc / l, LSE = (m + log2 l) ln 2.
+  const int g = lane >> 2, c2 = (lane & 3) * 2;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float l = core.l_run[0][hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = g + hf * 8;
+    if (row >= H) continue;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    elem_t* dst = o_rows + (long long)row * DV + c2;
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; ++dt)
+      *reinterpret_cast<u32*>(dst + dt * 8) = pack2(core.o[0][dt][2 * hf] * inv, core.o[0][dt][2 * hf + 1] * inv);
+    if (lse_rows != nullptr && (lane & 3) == 0)
+      lse_rows[row * lse_stride] = l > 0.f ? (core.m_run[0][hf] + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
+  }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(const SelectionParams p) {
+  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, QTILE, STAGES));
+  unsigned char* smem = dynamic_smem();
+  Union un;
+  un.carve(smem);
+  unsigned char* after_union = smem + nsa_layout::union_bytes(QTILE, NSEL);
+  const u32 full0 = smem_addr(after_union), empty0 = full0 + 8u * STAGES;
+  elem_t* q_all = reinterpret_cast<elem_t*>(after_union + nsa_layout::stream_barrier_bytes(STAGES));
+  elem_t* k_ring = q_all + QTILE * 16 * Core::QSTR;
+  elem_t* v_ring = k_ring + STAGES * BLK * KSTR;
+  const int warp = threadIdx.x >> 5;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8u * s, NSA_KNOB_BULK ? 1u : 32u);
+      mbar_init(empty0 + 8u * s, (u32)QTILE);
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the TMA unit too
+#endif
+  }
+  // (The union build below synchronises the CTA before any barrier is used.)
+
+  Core core;
+  if (warp < QTILE) core.init_warp(q_all + warp * 16 * Core::QSTR, k_ring, v_ring);
+
+  const long long qtiles = (p.t_q + QTILE - 1) / QTILE;
+  const long long items = p.batch * p.h_kv * qtiles;
+  const long long h_q = p.h_kv * H;
+  const float scale_log2 = p.scale * NSA_LOG2E;
+  unsigned seq = 0;  // union blocks this CTA has streamed before the current item
+  for (long long item = blockIdx.x; item < items; item += gridDim.x) {
+    const long long qt = item % qtiles;
+    const long long bg = item / qtiles;
+    const long long g = bg % p.h_kv, b = bg / p.h_kv;
+    const long long t0 = qt * QTILE;
+    const int nq = p.t_q - t0 < QTILE ? (int)(p.t_q - t0) : QTILE;
+    const long long lim0 = visible_limit(t0, p);  // query q's limit is lim0 + q
+    const int* sel_tile = reinterpret_cast<const int*>(p.block_idx) + ((b * p.h_kv + g) * p.t_q + t0) * NSEL;
+    const elem_t* k_bg = ptr_elem(p.k) + (b * p.t_kv * p.h_kv + g) * DQK;
+    const elem_t* v_bg = ptr_elem(p.v) + (b * p.t_kv * p.h_kv + g) * DV;
+
+    // Consumers start their Q copies before the union is built; they land while it is.
+    if (warp < nq) {
+      const elem_t* q_rows = ptr_elem(p.q) + ((b * p.t_q + t0 + warp) * h_q + g * H) * DQK;
+      core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; });
+      cp_async_commit();
+    }
+    un.build(sel_tile, nq, lim0);
+
+    if (warp == PRODUCER) {
+      produce(un, seq, full0, empty0, k_ring, v_ring, k_bg, v_bg, p.h_kv * DQK, p.h_kv * DV, lim0 + nq - 1);
+    } else if (warp < nq) {
+      cp_async_wait<0>();
+      __syncwarp();
+      const long long t = t0 + warp;
+      float* LSE = reinterpret_cast<float*>(p.lse);
+      consume(core, un, seq, full0, empty0, warp, lim0 + warp, scale_log2,
+              ptr_elem_mut(p.o) + ((b * p.t_q + t) * h_q + g * H) * DV,
+              LSE != nullptr ? LSE + (b * h_q + g * H) * p.t_q + t : nullptr, p.t_q);
+    }
+    seq += (unsigned)un.nu;
+    __syncthreads();  // the union is rebuilt for the next item only when every warp is done with it
+  }
+}

@@ -1,0 +1,112 @@
+// The union of the selections of QTILE consecutive queries of one (b, g), shared by the designs
+// that load a K/V block once for several queries (prefill_shared, prefill_stream).
+//
+// Built in shared memory (nsa_layout::union_bytes(QTILE, n)) for the tile's QTILE * n slots:
+//   1. each slot holds its block c if c >= 0 and its query may see any key of it (the block
+//      starts before the query's visible limit lim_q = min(p(t0+q)+1, T_kv)), else kNone;
+//   2. a bitonic sort (E = QTILE*n rounded up to a power of two) and a warp-ballot compaction of
+//      the distinct values give the union list ulist[0 .. nu) in ascending block order;
+//   3. each valid slot finds its block in the list by binary search and sets its query's bit in
+//      umask[u] (atomicOr), so umask[u] says which queries selected union block u.
+// Queries of one tile are consecutive, so query q's limit is lim0 + q (never above T_kv), and
+// the blocks ulist[0, nlow) end at or below lim0: every query that selected one sees all of it
+// (ascending order makes them a prefix).
+//
+// Example: QTILE = 2, n = 3, block 64, prefill T = 1000, t0 = 700 (p = 700, 701): query 0 selects
+// {0, 10, 4}, query 1 selects {10, 7, 0}: union {0, 4, 7, 10}, masks {0b11, 0b01, 0b10, 0b11},
+// nlow = 3; block 10 (keys 640..703) is cut at 700 for query 0 and at 701 for query 1.
+#pragma once
+
+#include "common.cuh"
+
+template <int QTILE, int THREADS>
+struct QueryTileUnion {
+  static constexpr int SLOTS = QTILE * NSEL;
+  static constexpr int SORT_N = nsa_layout::union_sort_size(QTILE, NSEL);
+  static constexpr int kNone = 0x7fffffff;
+  static_assert(QTILE >= 1 && QTILE <= 32, "qtile must be in [1, 32] (one mask bit per query)");
+
+  int* sort_s;
+  int* ulist;       // union blocks, ascending
+  unsigned* umask;  // bit q: query q selected ulist[u]
+  int* scalars;
+  int nu;    // union blocks
+  int nlow;  // ulist[0, nlow) are wholly visible to every query that selected them
+
+  /// Carves the union's shared memory (union_bytes(QTILE, n) bytes at `smem`).
+  __device__ __forceinline__ void carve(unsigned char* smem) {
+    sort_s = reinterpret_cast<int*>(smem);
+    ulist = sort_s + SORT_N;
+    umask = reinterpret_cast<unsigned*>(ulist + SLOTS);
+    scalars = reinterpret_cast<int*>(umask + SLOTS);
+  }
+
+  /// The block of slot e (query e / n, slot e % n) if that query may see any of it, else kNone.
+  /// `sel_tile` is block_idx's row of query t0 (the rows of t0, t0+1, ... are consecutive).
+  __device__ __forceinline__ static int slot_block(const int* sel_tile, int e, int nq, long long lim0) {
+    const int q = e / NSEL;
+    if (q >= nq) return kNone;
+    const int c = sel_tile[e];
+    return visible_in_block(c, lim0 + q) > 0 ? c : kNone;
+  }
+
+  /// Builds the union of the first `nq` queries of the tile. Every thread of the CTA calls it
+  /// (THREADS of them) and gets the same nu and nlow; it synchronises the CTA, and the caller must
+  /// synchronise before building the next tile's union over this one.
+  __device__ __forceinline__ void build(const int* sel_tile, int nq, long long lim0) {
+    const int tid = threadIdx.x;
+    for (int e = tid; e < SORT_N; e += THREADS) sort_s[e] = e < SLOTS ? slot_block(sel_tile, e, nq, lim0) : kNone;
+    __syncthreads();
+    for (int k = 2; k <= SORT_N; k <<= 1)
+      for (int j = k >> 1; j > 0; j >>= 1) {
+        for (int i = tid; i < SORT_N; i += THREADS) {
+          const int ixj = i ^ j;
+          if (ixj > i) {
+            const int a = sort_s[i], c = sort_s[ixj];
+            const bool ascending = (i & k) == 0;
+            if ((a > c) == ascending) {
+              sort_s[i] = c;
+              sort_s[ixj] = a;
+            }
+          }
+        }
+        __syncthreads();
+      }
+    if (tid < 32) {
+      int n_union = 0, n_low = 0;
+      for (int i0 = 0; i0 < SORT_N; i0 += 32) {
+        const int i = i0 + tid;
+        const int v = i < SORT_N ? sort_s[i] : kNone;
+        const int prev = (i > 0 && i < SORT_N) ? sort_s[i - 1] : -1;
+        const bool keep = v != kNone && v != prev;
+        const unsigned kb = __ballot_sync(0xffffffffu, keep);
+        if (keep) {
+          const int u = n_union + __popc(kb & ((1u << tid) - 1u));
+          ulist[u] = v;
+          umask[u] = 0u;
+        }
+        n_union += __popc(kb);
+        n_low += __popc(__ballot_sync(0xffffffffu, keep && ((long long)v + 1) * BLK <= lim0));
+      }
+      if (tid == 0) {
+        scalars[0] = n_union;
+        scalars[1] = n_low;
+      }
+    }
+    __syncthreads();
+    nu = scalars[0];
+    nlow = scalars[1];
+    for (int e = tid; e < SLOTS; e += THREADS) {
+      const int c = slot_block(sel_tile, e, nq, lim0);
+      if (c == kNone) continue;
+      int lo = 0, hi = nu - 1;  // c is in ulist[0, nu): binary search
+      while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (ulist[mid] < c) lo = mid + 1;
+        else hi = mid;
+      }
+      atomicOr(&umask[lo], 1u << (e / NSEL));
+    }
+    __syncthreads();
+  }
+};
