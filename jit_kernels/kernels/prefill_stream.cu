@@ -10,25 +10,30 @@
 // prefill_shared, whose warps march through the union in lock step (a CTA barrier per tile), a
 // block one query selected costs the whole CTA a step: the larger the tile, the more of them. Here
 // no CTA barrier stands between tiles: the producer fills ring stage j % STAGES with union block j
-// as soon as every consumer of block j - STAGES has released it, and a consumer waits only for the
-// blocks of its own query.
+// as soon as every consumer is past block j - STAGES, and a consumer computes only the blocks of
+// its own query; passing the others costs it one wait on a block that has usually landed.
 //
 // Roles. Warps 0 .. QTILE-1 are consumers (warp q: query t0 + q, its h <= 16 heads as the 16
 // rows of one MMA tile, a one-warp AttentionCore); warp QTILE is the producer. Per ring stage s two
-// mbarriers: full[s] (the block has landed) and empty[s] (its consumers are done). Union block j
-// (j counted over the CTA's whole life, so phases run on across work items) uses stage
-// s = j % STAGES in its phase j / STAGES:
-//   producer: wait empty[s] for the phase of block j - STAGES (when j >= STAGES); issue block j's
-//             copies, completing on full[s]; arrive on empty[s] once for each consumer warp that
-//             will not use block j (QTILE - popc(umask[j]) arrivals), so that empty[s] (count QTILE)
-//             completes when the last real consumer is done;
-//   consumer q: for each j with bit q of umask[j]: wait full[s] with parity (j / STAGES) & 1,
-//             compute the block in CHUNK-key steps (mma.sync, online softmax in registers),
-//             arrive on empty[s].
-// Every arrival on empty[s] for block j happens after block j was issued (a consumer waits for it
-// first; the producer arrives right after issuing), so none lands in an earlier phase. Consumers
-// take their blocks in ascending union order and the producer fills them in that order, so the
-// oldest unreleased block is always computable: no deadlock.
+// mbarriers: full[s] (the block has landed) and empty[s] (count QTILE: every consumer is past it).
+// Union block j (j counted over the CTA's whole life, so phases run on across work items) uses
+// stage s = j % STAGES in its phase j / STAGES:
+//   producer:   wait empty[s] for the phase of block j - STAGES (when j >= STAGES); issue block j's
+//               copies, completing on full[s];
+//   consumer q: for every j: wait full[s] with parity (j / STAGES) & 1; if bit q of umask[j] is
+//               set, compute the block in CHUNK-key steps (mma.sync, online softmax in registers);
+//               arrive on empty[s].
+// A consumer passes every block, computing only its own: a waiter names a phase by its parity
+// alone, which is only sound when the barrier is at most one phase away from it. Passing every
+// block keeps each consumer exactly there: it waits for full[s] phase j only after phase
+// j - STAGES (it waited for that too), and phase j + STAGES cannot complete before its own arrival
+// on empty[s] for block j. (A first version let consumers wait only for their own blocks and the
+// producer arrive for the others; a consumer then met a stage two phases on, read parity as done
+// and left with copies still in flight: launch failures on the H100 from T = 8192 on.) Waiting
+// for a block that has landed costs a consumer a few instructions, and the producer still runs up
+// to STAGES blocks ahead of the slowest consumer, so a block one query selected no longer stalls
+// the others as a CTA barrier per tile did. Consumers and producer take the blocks in the same
+// order, so the oldest unreleased block is always computable: no deadlock.
 //
 // Copies. bulk = 1 (sm_90): the TMA unit copies each K and V row (D * 2 bytes) with one
 // cp.async.bulk, 2 * block per stage, counted in bytes on full[s] (lane 0 announces them with
@@ -43,8 +48,9 @@
 // within one, the query's visible prefix (its causal limit) masks the rest, and CHUNK steps past
 // that prefix are skipped.
 //
-// Knobs: NSA_KNOB_QTILE (4, 8, 16: consumer warps, one query each), NSA_KNOB_STAGES (ring depth
-// in whole blocks), NSA_KNOB_BULK (1: TMA bulk copies, sm_90 and newer; 0: cp.async). Needs h <= 16.
+// Knobs: NSA_KNOB_QTILE (3, 7, 11, 15: consumer warps, one query each; with the producer 4, 8,
+// 12, 16 warps, see layout.cuh's register plan), NSA_KNOB_STAGES (2..6: ring depth in whole
+// blocks), NSA_KNOB_BULK (1: TMA bulk copies, sm_90 and newer; 0: cp.async). Needs h <= 16.
 // Launch: grid.x = min(B * H_kv * ceil(T_q / QTILE), 2^31-1) (CTAs loop over the rest), block =
 // 32 * (QTILE + 1), dynamic shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
 #include "attention_core.cuh"
@@ -114,24 +120,23 @@ __device__ __forceinline__ void produce(const Union& un, unsigned seq, u32 full0
     }
     cp_async_mbar_arrive(full);
 #endif
-    // The consumers that will not touch block j release it now.
-    if (lane < QTILE - __popc(un.umask[j])) mbar_arrive(empty);
   }
 }
 
-/// Consumer warp q: attends query t0 + q over the union blocks it selected and writes its h
-/// output rows (and LSE).
+/// Consumer warp q passes every union block and computes those its query t0 + q selected.
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
-                                        long long lim_q, float scale_log2, elem_t* o_rows, float* lse_rows,
-                                        long long lse_stride) {
+                                        long long lim_q, float scale_log2) {
   const int lane = core.lane;
   core.load_q_fragments();
   core.reset();
   for (int j = 0; j < un.nu; ++j) {
-    if (((un.umask[j] >> q) & 1u) == 0u) continue;
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
     mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
+    if (((un.umask[j] >> q) & 1u) == 0u) {  // not this query's block
+      if (lane == 0) mbar_arrive(empty0 + 8u * s);
+      continue;
+    }
     const int vis = visible_in_block(un.ulist[j], lim_q);  // >= 1: the union holds visible blocks only
 #pragma unroll
     for (int sub = 0; sub < SUBS; ++sub) {
@@ -144,7 +149,13 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
     if (lane == 0) mbar_arrive(empty0 + 8u * s);
   }
-  // The warp holds all columns, so its row state is final: O = acc / l, LSE = (m + log2 l) ln 2.
+}
+
+/// Writes a consumer's h output rows (and LSE): the warp holds all columns of its rows, so its
+/// state is final: O = acc / l, LSE = (m + log2 l) ln 2 (O = 0, LSE = -inf for a query that saw no
+/// key).
+__device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, float* lse_rows, long long lse_stride) {
+  const int lane = core.lane;
   const int g = lane >> 2, c2 = (lane & 3) * 2;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
@@ -217,14 +228,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
 
     if (warp == PRODUCER) {
       produce(un, seq, full0, empty0, k_ring, v_ring, k_bg, v_bg, p.h_kv * DQK, p.h_kv * DV, lim0 + nq - 1);
-    } else if (warp < nq) {
+    } else {
+      // Every consumer passes every block (see "Roles"); one past the tile's last query (nq <
+      // QTILE) has no bit in umask and computes nothing.
       cp_async_wait<0>();
       __syncwarp();
-      const long long t = t0 + warp;
-      float* LSE = reinterpret_cast<float*>(p.lse);
-      consume(core, un, seq, full0, empty0, warp, lim0 + warp, scale_log2,
-              ptr_elem_mut(p.o) + ((b * p.t_q + t) * h_q + g * H) * DV,
-              LSE != nullptr ? LSE + (b * h_q + g * H) * p.t_q + t : nullptr, p.t_q);
+      consume(core, un, seq, full0, empty0, warp, lim0 + warp, scale_log2);
+      if (warp < nq) {
+        const long long t = t0 + warp;
+        float* LSE = reinterpret_cast<float*>(p.lse);
+        store_rows(core, ptr_elem_mut(p.o) + ((b * p.t_q + t) * h_q + g * H) * DV,
+                   LSE != nullptr ? LSE + (b * h_q + g * H) * p.t_q + t : nullptr, p.t_q);
+      }
     }
     seq += (unsigned)un.nu;
     __syncthreads();  // the union is rebuilt for the next item only when every warp is done with it
