@@ -50,9 +50,11 @@ const std::vector<Knob>& knobs_of(Design d) {
                                           {"cluster", {1, 0}}};
   static const std::vector<Knob> prefill = {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
-  // prefill_stream: one consumer warp per query, so qtile is also the consumer count; the ring
-  // holds whole blocks. bulk = 1 (TMA bulk row copies) is sm_90 and newer, preferred there.
-  static const std::vector<Knob> stream = {{"qtile", {7, 11, 15, 3}}, {"stages", {4, 3, 6, 2}}, {"bulk", {1, 0}}};
+  // prefill_stream: `warps` sets the register class (layout.cuh's register plan), `producers` of
+  // them load and the other warps - producers are consumers, one query each; the ring holds whole
+  // blocks. One producer warp moved too little on the H100 to feed 15 consumers (v6), so two are
+  // preferred; 4 warps (2 producers, 2 queries) fit two CTAs per SM.
+  static const std::vector<Knob> stream = {{"warps", {16, 12, 8, 4}}, {"producers", {2, 4, 1}}, {"stages", {3, 2}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
@@ -106,7 +108,7 @@ std::int64_t engine_smem(const KernelVariant& v) {
     case Design::prefill_shared:
       return L::prefill_shared_smem(s.d_qk, s.d_v, s.h, s.n, knob_value(v, "qtile"), warps, tile, stages);
     case Design::prefill_stream:
-      return L::prefill_stream_smem(s.d_qk, s.d_v, s.n, s.block, knob_value(v, "qtile"), stages);
+      return L::prefill_stream_smem(s.d_qk, s.d_v, s.n, s.block, warps, knob_value(v, "producers"), stages);
   }
   return 0;
 }
@@ -146,30 +148,29 @@ std::string split_kv_problem(const KernelVariant& v) {
   return "";
 }
 
-/// Why a prefill_stream setting cannot run, or "" when it can. Its warps are one producer and
-/// one consumer per query, each consumer a one-warp engine of 16 rows: no engine arrangement to
+/// Why a prefill_stream setting cannot run, or "" when it can. Its warps are producers and one
+/// consumer per query, each consumer a one-warp engine of 16 rows: no engine arrangement to
 /// check, but h must fit those rows. Registers (layout.cuh's register plan): a consumer holds O
 /// (D_v / 2), S (step / 2), Q (D_qk / 4) when it stays in registers, and ~40 more (ptxas on sm_90,
-/// D 128 and 192: qtile 3/7 201-218 of 255, qtile 11 166-167 of 168, qtile 15 126-128 of 128).
+/// D 128 and 192: 201-218 of 255 at 8 warps, 166-167 of 168 at 12, 126-128 of 128 at 16).
 std::string prefill_stream_problem(const KernelVariant& v) {
   const FamilySpec& s = v.spec;
   if (s.h > 16)
     return "h=" + std::to_string(s.h) + " query heads per group exceed the 16 rows of a prefill_stream consumer "
            "warp (one warp per query); use prefill_shared or query_outer";
-  if (knob_value(v, "bulk") == 1 && arch_number(v.arch) < 90)
-    return "bulk=1 copies rows with the TMA unit (cp.async.bulk, sm_90 or newer); " + v.arch + " has none: use bulk=0";
-  const int qtile = knob_value(v, "qtile");
-  const int regs = s.d_v / 2 + L::stream_chunk(qtile, s.block) / 2 +
-                   (L::stream_q_in_registers(qtile) ? s.d_qk / 4 : 0) + 40;
-  const int budget = L::stream_register_budget(qtile);
+  const int warps = knob_value(v, "warps"), producers = knob_value(v, "producers");
+  if (producers >= warps)
+    return "producers=" + std::to_string(producers) + " of warps=" + std::to_string(warps) +
+           " leave no consumer warp: use fewer producers or more warps";
+  const int regs = s.d_v / 2 + L::stream_chunk(warps, s.block) / 2 + (L::stream_q_in_registers(warps) ? s.d_qk / 4 : 0) + 40;
+  const int budget = L::stream_register_budget(warps);
   if (regs > budget)
-    return "a consumer warp needs about " + std::to_string(regs) + " registers per thread; with qtile=" +
-           std::to_string(qtile) + " (" + std::to_string(32 * L::stream_warps(qtile)) + " threads) a thread has " +
-           std::to_string(budget) + ": use a smaller qtile";
+    return "a consumer warp needs about " + std::to_string(regs) + " registers per thread; with warps=" +
+           std::to_string(warps) + " a thread has " + std::to_string(budget) + ": use fewer warps";
   const std::int64_t smem = engine_smem(v);
   if (smem > max_dynamic_shared_bytes(v.arch))
     return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +
-           std::to_string(max_dynamic_shared_bytes(v.arch)) + ": use fewer stages or a smaller qtile";
+           std::to_string(max_dynamic_shared_bytes(v.arch)) + ": use fewer stages or warps";
   return "";
 }
 
@@ -372,10 +373,9 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       break;
     }
     case Design::prefill_stream: {
-      const int qtile = knob_value(v, "qtile");
+      const int qtile = knob_value(v, "warps") - knob_value(v, "producers");  // consumer warps, a query each
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
-      plan.launches.push_back(
-          launch("nsa_prefill_stream", items, 32u * static_cast<unsigned>(L::stream_warps(qtile)), engine_smem(v)));
+      plan.launches.push_back(launch("nsa_prefill_stream", items, engine_threads, engine_smem(v)));
       break;
     }
   }

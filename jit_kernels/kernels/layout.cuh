@@ -99,24 +99,21 @@ NSA_HD constexpr long long prefill_shared_smem(int dqk, int dv, int h, int n, in
                                                int stages) {
   return union_bytes(qtile, n) + core_bytes(dqk, dv, m_tiles(qtile * h), warps, tile, stages);
 }
-/// prefill_stream's register plan. Its qtile + 1 warps are spread over the SM's four schedulers,
+/// prefill_stream's register plan. Its `warps` warps are spread over the SM's four schedulers,
 /// each with 16384 registers, so a thread may have 255 registers up to 8 warps, 168 up to 12 and
-/// 128 up to 16. The consumer's Q fragments stay in registers up to 8 warps only, and its
-/// compute step (the S accumulator, step / 2 registers) shrinks from 64 keys to 32 and 16.
-NSA_HD constexpr int stream_warps(int qtile) { return qtile + 1; }
-NSA_HD constexpr int stream_register_budget(int qtile) {
-  return min_i(255, 16384 / (32 * ((stream_warps(qtile) + 3) / 4)) / 8 * 8);
-}
-NSA_HD constexpr bool stream_q_in_registers(int qtile) { return stream_warps(qtile) <= 8; }
-NSA_HD constexpr int stream_chunk(int qtile, int block) {
-  return min_i(block, stream_warps(qtile) <= 8 ? 64 : (stream_warps(qtile) <= 12 ? 32 : 16));
-}
-/// prefill_stream: the union (as prefill_shared), 2 * stages mbarriers (8 bytes each), each
-/// consumer warp's 16 Q rows, then the ring of `stages` whole blocks of K and V.
+/// 128 up to 16. A consumer's Q fragments stay in registers up to 8 warps only, and its compute
+/// step (the S accumulator, step / 2 registers) shrinks from 64 keys to 32 and 16.
+NSA_HD constexpr int stream_register_budget(int warps) { return min_i(255, 16384 / (32 * ((warps + 3) / 4)) / 8 * 8); }
+NSA_HD constexpr bool stream_q_in_registers(int warps) { return warps <= 8; }
+NSA_HD constexpr int stream_chunk(int warps, int block) { return min_i(block, warps <= 8 ? 64 : (warps <= 12 ? 32 : 16)); }
+/// prefill_stream: the union of qtile = warps - producers queries (as prefill_shared), 2 * stages
+/// mbarriers (8 bytes each), each consumer warp's 16 Q rows, then the ring of `stages` whole
+/// blocks of K and V.
 NSA_HD constexpr long long stream_barrier_bytes(int stages) { return round_up((long long)stages * 2 * 8, 128); }
-NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block, int qtile, int stages) {
-  return union_bytes(qtile, n) + stream_barrier_bytes(stages) + qtile * q_tile_bytes(dqk, 1) +
-         stages * kv_stage_bytes(dqk, dv, block);
+NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block, int warps, int producers,
+                                               int stages) {
+  return union_bytes(warps - producers, n) + stream_barrier_bytes(stages) +
+         (warps - producers) * q_tile_bytes(dqk, 1) + stages * kv_stage_bytes(dqk, dv, block);
 }
 /// reference: q (fp32), one score per thread of a 128-key chunk, 32 reduction slots.
 constexpr int kReferenceThreads = 128;

@@ -1,6 +1,6 @@
-// prefill_stream: prefill selection attention in which one producer warp streams the union of a
-// query tile's selected blocks through a shared-memory ring, and every query has a consumer warp
-// of its own that computes only the blocks its query selected, at its own pace.
+// prefill_stream: prefill selection attention in which producer warps stream the union of a query
+// tile's selected blocks through a shared-memory ring, and every query has a consumer warp of its
+// own that computes only the blocks its query selected.
 //
 // Why. With random selection, QTILE neighbouring queries share few blocks besides the forced
 // ones (block 0 and the two most recent), but a larger tile shares more: at T = 32768 a block
@@ -13,13 +13,14 @@
 // as soon as every consumer is past block j - STAGES, and a consumer computes only the blocks of
 // its own query; passing the others costs it one wait on a block that has usually landed.
 //
-// Roles. Warps 0 .. QTILE-1 are consumers (warp q: query t0 + q, its h <= 16 heads as the 16
-// rows of one MMA tile, a one-warp AttentionCore); warp QTILE is the producer. Per ring stage s two
-// mbarriers: full[s] (the block has landed) and empty[s] (count QTILE: every consumer is past it).
+// Roles. Of the CTA's WARPS warps, 0 .. QTILE-1 are consumers (warp q: query t0 + q, its h <= 16
+// heads as the 16 rows of one MMA tile, a one-warp AttentionCore) and the last PRODUCERS load
+// (QTILE = WARPS - PRODUCERS). Per ring stage s two mbarriers: full[s] (the block has landed) and
+// empty[s] (count QTILE: every consumer is past it).
 // Union block j (j counted over the CTA's whole life, so phases run on across work items) uses
 // stage s = j % STAGES in its phase j / STAGES:
-//   producer:   wait empty[s] for the phase of block j - STAGES (when j >= STAGES); issue block j's
-//               copies, completing on full[s];
+//   producers:  wait empty[s] for the phase of block j - STAGES (when j >= STAGES); issue their
+//               share of block j's copies, completing on full[s];
 //   consumer q: for every j: wait full[s] with parity (j / STAGES) & 1; if bit q of umask[j] is
 //               set, compute the block in CHUNK-key steps (mma.sync, online softmax in registers);
 //               arrive on empty[s].
@@ -35,12 +36,13 @@
 // the others as a CTA barrier per tile did. Consumers and producer take the blocks in the same
 // order, so the oldest unreleased block is always computable: no deadlock.
 //
-// Copies. bulk = 1 (sm_90): the TMA unit copies each K and V row (D * 2 bytes) with one
-// cp.async.bulk, 2 * block per stage, counted in bytes on full[s] (lane 0 announces them with
-// expect_tx). bulk = 0 (sm_80 and newer): the producer's lanes issue 16-byte cp.async copies, and
-// each lane's cp.async.mbarrier.arrive on full[s] (count 32) fires when its copies have landed.
-// Rows past the tile's largest visible limit are copied from the block's first row instead of
-// being zero-filled (bulk copies cannot zero-fill): finite data that every consumer masks.
+// Copies. The producers' lanes issue 16-byte cp.async copies of block j (each lane a fixed share
+// of its rows and chunks), and each lane's cp.async.mbarrier.arrive on full[s] (count: every
+// producer lane) fires when its copies have landed. Rows past the tile's largest visible limit
+// are copied from the block's first row: finite data that every consumer masks. Measured on the
+// H100 (docs/performance.md, v6): one producer warp moved only ~2 TB/s of union blocks, the
+// bottleneck of the whole kernel, hence several; TMA bulk copies of each 256-byte K/V row (one
+// cp.async.bulk per row) were 2x slower still, and are not offered.
 //
 // Numerics are those of the other designs: scores scaled into the log2 domain, online softmax in
 // fp32, P rounded to the input dtype for P V, O normalised once at the end; a query that sees no
@@ -48,78 +50,66 @@
 // within one, the query's visible prefix (its causal limit) masks the rest, and CHUNK steps past
 // that prefix are skipped.
 //
-// Knobs: NSA_KNOB_QTILE (3, 7, 11, 15: consumer warps, one query each; with the producer 4, 8,
-// 12, 16 warps, see layout.cuh's register plan), NSA_KNOB_STAGES (2..6: ring depth in whole
-// blocks), NSA_KNOB_BULK (1: TMA bulk copies, sm_90 and newer; 0: cp.async). Needs h <= 16.
-// Launch: grid.x = min(B * H_kv * ceil(T_q / QTILE), 2^31-1) (CTAs loop over the rest), block =
-// 32 * (QTILE + 1), dynamic shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
+// Knobs: NSA_KNOB_WARPS (4, 8, 12, 16: the register class, see layout.cuh's register plan),
+// NSA_KNOB_PRODUCERS (1, 2, 4: loading warps; the rest are consumers, one query each),
+// NSA_KNOB_STAGES (2..4: ring depth in whole blocks). Needs h <= 16. Launch: grid.x =
+// min(B * H_kv * ceil(T_q / QTILE), 2^31-1) (CTAs loop over the rest), block = 32 * warps,
+// dynamic shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
 #include "attention_core.cuh"
 #include "query_tile_union.cuh"
 
-#if !defined(NSA_KNOB_QTILE) || !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_BULK)
-#error "prefill_stream.cu needs the knobs qtile, stages and bulk (jit_kernels/catalog.cpp)"
-#endif
-#if NSA_KNOB_BULK && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#error "prefill_stream with bulk=1 needs sm_90 or newer (cp.async.bulk)"
+#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES)
+#error "prefill_stream.cu needs the knobs warps, producers and stages (jit_kernels/catalog.cpp)"
 #endif
 
-constexpr int QTILE = NSA_KNOB_QTILE;
+constexpr int WARPS = NSA_KNOB_WARPS;
+constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
+constexpr int QTILE = WARPS - PRODUCERS;  // consumer warps: queries per CTA
 constexpr int STAGES = NSA_KNOB_STAGES;
-constexpr int THREADS = nsa_layout::stream_warps(QTILE) * 32;
-constexpr int PRODUCER = QTILE;            // the producer's warp index
-constexpr int CHUNK = nsa_layout::stream_chunk(QTILE, BLK);  // keys per compute step
+constexpr int THREADS = WARPS * 32;
+constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
 constexpr int SUBS = BLK / CHUNK;                             // compute steps per block
 static_assert(H <= 16, "prefill_stream gives each query one warp of 16 MMA rows: h must be at most 16");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
+static_assert(QTILE >= 1 && PRODUCERS >= 1, "prefill_stream needs a consumer and a producer warp");
 
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
-using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(QTILE) ? 192 : 0)>;
+using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0)>;
 using Union = QueryTileUnion<QTILE, THREADS>;
 
 namespace {
 
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 
-/// The producer: streams union blocks [0, nu) into the ring; `seq` numbers the CTA's union
-/// blocks across work items (block j of this item is the CTA's block seq + j).
-__device__ __forceinline__ void produce(const Union& un, unsigned seq, u32 full0, u32 empty0, elem_t* k_ring,
+/// The producers: stream union blocks [0, nu) into the ring; `seq` numbers the CTA's union blocks
+/// across work items (block j of this item is the CTA's block seq + j). `pt` is this thread's
+/// index among the producers' PRODUCERS * 32 lanes.
+__device__ __forceinline__ void produce(const Union& un, unsigned seq, int pt, u32 full0, u32 empty0, elem_t* k_ring,
                                         elem_t* v_ring, const elem_t* k_bg, const elem_t* v_bg, long long k_stride,
                                         long long v_stride, long long lim_max) {
-  const int lane = threadIdx.x & 31;
+  constexpr int KCH = DQK / 8, VCH = DV / 8, LANES = PRODUCERS * 32;
   for (int j = 0; j < un.nu; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
-    const u32 full = full0 + 8u * s, empty = empty0 + 8u * s;
-    if (n >= (unsigned)STAGES) mbar_wait(empty, (n / STAGES - 1u) & 1u);
+    const u32 full = full0 + 8u * s;
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
     const long long key0 = (long long)un.ulist[j] * BLK;
     elem_t* ks = k_ring + s * BLK * KSTR;
     elem_t* vs = v_ring + s * BLK * VSTR;
-#if NSA_KNOB_BULK
-    if (lane == 0) mbar_arrive_expect_tx(full, (u32)BLK * (DQK + DV) * 2);  // the bytes of the block's rows
-    __syncwarp();
-#pragma unroll
-    for (int r = lane; r < BLK; r += 32) {
-      const long long key = key0 + r < lim_max ? key0 + r : key0;
-      bulk_copy_g2s(smem_addr(ks + r * KSTR), k_bg + key * k_stride, DQK * 2, full);
-      bulk_copy_g2s(smem_addr(vs + r * VSTR), v_bg + key * v_stride, DV * 2, full);
-    }
-#else
-    constexpr int KCH = DQK / 8, VCH = DV / 8;
-#pragma unroll 8
-    for (int i = lane; i < BLK * KCH; i += 32) {
+#pragma unroll 4
+    for (int i = pt; i < BLK * KCH; i += LANES) {
       const int r = i / KCH, ch = i % KCH;
       const long long key = key0 + r < lim_max ? key0 + r : key0;
       cp_async_16(smem_addr(ks + r * KSTR + ch * 8), k_bg + key * k_stride + ch * 8, true);
     }
-#pragma unroll 8
-    for (int i = lane; i < BLK * VCH; i += 32) {
+#pragma unroll 4
+    for (int i = pt; i < BLK * VCH; i += LANES) {
       const int r = i / VCH, ch = i % VCH;
       const long long key = key0 + r < lim_max ? key0 + r : key0;
       cp_async_16(smem_addr(vs + r * VSTR + ch * 8), v_bg + key * v_stride + ch * 8, true);
     }
     cp_async_mbar_arrive(full);
-#endif
   }
 }
 
@@ -177,7 +167,7 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(const SelectionParams p) {
-  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, QTILE, STAGES));
+  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES));
   unsigned char* smem = dynamic_smem();
   Union un;
   un.carve(smem);
@@ -190,12 +180,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full0 + 8u * s, NSA_KNOB_BULK ? 1u : 32u);
+      mbar_init(full0 + 8u * s, (u32)PRODUCERS * 32u);
       mbar_init(empty0 + 8u * s, (u32)QTILE);
     }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the TMA unit too
-#endif
   }
   // (The union build below synchronises the CTA before any barrier is used.)
 
@@ -226,8 +213,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
     }
     un.build(sel_tile, nq, lim0);
 
-    if (warp == PRODUCER) {
-      produce(un, seq, full0, empty0, k_ring, v_ring, k_bg, v_bg, p.h_kv * DQK, p.h_kv * DV, lim0 + nq - 1);
+    if (warp >= QTILE) {
+      produce(un, seq, (int)threadIdx.x - QTILE * 32, full0, empty0, k_ring, v_ring, k_bg, v_bg, p.h_kv * DQK,
+              p.h_kv * DV, lim0 + nq - 1);
     } else {
       // Every consumer passes every block (see "Roles"); one past the tile's last query (nq <
       // QTILE) has no bit in umask and computes nothing.

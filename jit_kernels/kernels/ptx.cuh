@@ -206,11 +206,11 @@ __device__ __forceinline__ float4 ld_cluster_f32x4(u32 addr) {
   return v;
 }
 
-// ---- mbarriers (sm_80; try_wait and bulk copies sm_90) -------------------------------------------
+// ---- mbarriers (sm_80; try_wait sm_90) -----------------------------------------------------------
 // prefill_stream's producer and consumer warps hand ring stages to each other through shared-
 // memory mbarriers instead of CTA barriers. A phase completes when its expected arrivals (the
-// init count) have arrived and, for the bulk copies, its expected transaction bytes have landed;
-// a waiter names the phase by its parity (phase k of a barrier has parity k & 1).
+// init count) have arrived; a waiter names the phase by its parity (phase k of a barrier has
+// parity k & 1), which is only sound while the barrier is at most one phase away from it.
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
   asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -221,7 +221,7 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
   asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
 }
 /// Waits until the phase of parity `parity` has completed (acquire: what the arrivals released,
-/// and the data of the copies the phase tracked, is visible afterwards).
+/// and the data of the cp.async copies that arrived on it, is visible afterwards).
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
   u32 done;
   do {
@@ -245,20 +245,6 @@ __device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-/// One arrival that also announces `bytes` of bulk copies the phase must wait for (sm_90).
-__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
-  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared.b64 st, [%0], %1;\n}\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-/// A bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) from global memory to
-/// this CTA's shared memory by the TMA unit, completing its bytes on `bar` (sm_90).
-__device__ __forceinline__ void bulk_copy_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
-}
-#endif
 
 // ---- grid identity -----------------------------------------------------------------------------
 

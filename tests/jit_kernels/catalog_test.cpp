@@ -384,28 +384,27 @@ TEST(Catalog, LayoutArithmeticMatchesTheEngineRules) {
             std::max(L::q_tile_bytes(128, 1) + 2 * L::kv_stage_bytes(128, 128, 64), L::merge_bytes(128, 1, 4)));
 }
 
-TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryAndTmaCopiesOnlyOnSm90) {
+TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   const auto on_sm90 = variants_for(kDecode, "sm_90", Design::prefill_stream);
   ASSERT_FALSE(on_sm90.empty());
-  EXPECT_EQ(on_sm90.front().key(), "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.qtile7_stages4_bulk1.sm90");
-  std::set<int> qtiles;
+  EXPECT_EQ(on_sm90.front().key(), "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.warps16_producers2_stages3.sm90");
+  std::set<int> warp_counts;
   for (const auto& v : on_sm90) {
-    const int qtile = v.knob("qtile", 0);
-    qtiles.insert(qtile);
+    const int warps = v.knob("warps", 0), queries = warps - v.knob("producers", 0);
+    warp_counts.insert(warps);
+    ASSERT_GE(queries, 1) << v.key();
     const LaunchPlan plan = plan_for(v, RuntimeShape{1, 100, 100, 2});
     ASSERT_EQ(plan.launches.size(), 1u);
     EXPECT_EQ(plan.launches[0].entry, "nsa_prefill_stream");
-    EXPECT_EQ(plan.launches[0].block[0], 32u * static_cast<unsigned>(qtile + 1)) << v.key();
-    EXPECT_EQ(plan.launches[0].grid[0], 2u * static_cast<unsigned>((100 + qtile - 1) / qtile)) << v.key();
+    EXPECT_EQ(plan.launches[0].block[0], 32u * static_cast<unsigned>(warps)) << v.key();
+    EXPECT_EQ(plan.launches[0].grid[0], 2u * static_cast<unsigned>((100 + queries - 1) / queries)) << v.key();
     EXPECT_EQ(plan.workspace_bytes, 0u);
   }
-  EXPECT_EQ(qtiles, (std::set<int>{3, 7, 11, 15}));
-  for (const auto& v : variants_for(kDecode, "sm_80", Design::prefill_stream)) EXPECT_EQ(v.knob("bulk", -1), 0) << v.key();
+  EXPECT_EQ(warp_counts, (std::set<int>{4, 8, 12, 16}));
 
-  KernelVariant bulk = on_sm90.front();
-  bulk.arch = "sm_80";
-  expect_refused(bulk, RuntimeShape{1, 100, 100, 2}, "bulk=1 copies rows with the TMA unit",
-                 "a TMA bulk-copy variant was planned for sm_80");
+  KernelVariant idle = on_sm90.front();
+  idle.knobs = {{"warps", 4}, {"producers", 4}, {"stages", 2}};
+  expect_refused(idle, RuntimeShape{1, 100, 100, 2}, "leave no consumer warp", "a CTA of producers only was planned");
   KernelVariant wide = default_variant(Design::prefill_stream, kDecode, "sm_90");
   wide.spec = kWideHeads;
   expect_refused(wide, RuntimeShape{1, 100, 100, 2}, "h=32 query heads per group exceed the 16 rows",

@@ -32,12 +32,13 @@
 //                   warps   4, 8
 //                   tile    64, 128, 32
 //                   stages  2, 3
-//   prefill_stream  qtile   7, 11, 15, 3      consecutive queries per CTA, one consumer warp each,
-//                                               plus one producer warp that streams the union of
-//                                               their blocks through a ring (h <= 16); consumers
-//                                               wait only for the blocks their query selected
-//                   stages  4, 3, 6, 2        ring depth in whole blocks
-//                   bulk    1, 0              1: TMA bulk copies of K/V rows (sm_90+); 0: cp.async
+//   prefill_stream  warps   16, 12, 8, 4      register class (16: 128 registers, 12: 168, 8 and 4:
+//                                               255); warps - producers consecutive queries per
+//                                               CTA, one consumer warp each (h <= 16); producers
+//                                               stream the union of their blocks through a ring,
+//                                               consumers compute only their query's blocks
+//                   producers 2, 4, 1         loading warps
+//                   stages  3, 2              ring depth in whole blocks
 //
 // A setting is offered only when it is valid for the family: every warp owns a multiple of 16
 // key columns of a tile and at most two 16-row MMA tiles, the accumulators fit the register
