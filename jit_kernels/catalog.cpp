@@ -52,9 +52,10 @@ const std::vector<Knob>& knobs_of(Design d) {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
   // prefill_stream: `warps` sets the register class (layout.cuh's register plan), `producers` of
   // them load and the other warps - producers are consumers, one query each; the ring holds whole
-  // blocks. One producer warp moved too little on the H100 to feed 15 consumers (v6), so two are
-  // preferred; 4 warps (2 producers, 2 queries) fit two CTAs per SM.
-  static const std::vector<Knob> stream = {{"warps", {16, 12, 8, 4}}, {"producers", {2, 4, 1}}, {"stages", {3, 2}}};
+  // blocks. On the H100 (docs/performance.md, v6) one producer warp could not feed the consumers
+  // (1.3-1.6x slower than two or four), 12 warps with 4 producers was fastest at T = 8192 and
+  // 32768, and a third stage gained 13% over two; 4 warps fit two CTAs per SM.
+  static const std::vector<Knob> stream = {{"warps", {12, 16, 8, 4}}, {"producers", {4, 2}}, {"stages", {3, 4, 2, 5}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;

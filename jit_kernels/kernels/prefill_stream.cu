@@ -51,8 +51,8 @@
 // that prefix are skipped.
 //
 // Knobs: NSA_KNOB_WARPS (4, 8, 12, 16: the register class, see layout.cuh's register plan),
-// NSA_KNOB_PRODUCERS (1, 2, 4: loading warps; the rest are consumers, one query each),
-// NSA_KNOB_STAGES (2..4: ring depth in whole blocks). Needs h <= 16. Launch: grid.x =
+// NSA_KNOB_PRODUCERS (2, 4: loading warps; the rest are consumers, one query each),
+// NSA_KNOB_STAGES (2..5: ring depth in whole blocks). Needs h <= 16. Launch: grid.x =
 // min(B * H_kv * ceil(T_q / QTILE), 2^31-1) (CTAs loop over the rest), block = 32 * warps,
 // dynamic shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
 #include "attention_core.cuh"

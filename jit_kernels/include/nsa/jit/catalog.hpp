@@ -32,13 +32,13 @@
 //                   warps   4, 8
 //                   tile    64, 128, 32
 //                   stages  2, 3
-//   prefill_stream  warps   16, 12, 8, 4      register class (16: 128 registers, 12: 168, 8 and 4:
+//   prefill_stream  warps   12, 16, 8, 4      register class (16: 128 registers, 12: 168, 8 and 4:
 //                                               255); warps - producers consecutive queries per
 //                                               CTA, one consumer warp each (h <= 16); producers
 //                                               stream the union of their blocks through a ring,
 //                                               consumers compute only their query's blocks
-//                   producers 2, 4, 1         loading warps
-//                   stages  3, 2              ring depth in whole blocks
+//                   producers 4, 2            loading warps
+//                   stages  3, 4, 2, 5        ring depth in whole blocks
 //
 // A setting is offered only when it is valid for the family: every warp owns a multiple of 16
 // key columns of a tile and at most two 16-row MMA tiles, the accumulators fit the register
