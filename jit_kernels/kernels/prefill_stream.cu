@@ -193,7 +193,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
   const long long items = p.batch * p.h_kv * qtiles;
   const long long h_q = p.h_kv * H;
   const float scale_log2 = p.scale * NSA_LOG2E;
-  unsigned seq = 0;  // union blocks this CTA has streamed before the current item
+  // Union blocks this CTA has streamed before the current item. It never wraps: a CTA takes
+  // ceil(items / grid.x) items (one unless the grid hit its 2^31-1 cap), each of at most
+  // qtile * n blocks.
+  unsigned seq = 0;
   for (long long item = blockIdx.x; item < items; item += gridDim.x) {
     const long long qt = item % qtiles;
     const long long bg = item / qtiles;
