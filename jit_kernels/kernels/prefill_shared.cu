@@ -108,16 +108,12 @@ extern "C" __global__ void __launch_bounds__(Core::THREADS, 1) nsa_prefill_share
   float* LSE = reinterpret_cast<float*>(p.lse);
 
   for (long long item = blockIdx.x; item < items; item += gridDim.x) {
-    const long long qt = item % qtiles;
-    const long long bg = item / qtiles;
-    const long long g = bg % p.h_kv, b = bg / p.h_kv;
-    const long long t0 = qt * QTILE;
-    const int nq = p.t_q - t0 < QTILE ? (int)(p.t_q - t0) : QTILE;
-    const long long lim0 = visible_limit(t0, p);  // query q's limit is lim0 + q (never above T_kv)
+    const QueryTile tile = query_tile<QTILE>(item, qtiles, p);
+    const long long b = tile.b, g = tile.g, t0 = tile.t0, lim0 = tile.lim0;
+    const int nq = tile.nq;
     const long long lim_max = lim0 + nq - 1;
-    const int* sel_tile = reinterpret_cast<const int*>(p.block_idx) + ((b * p.h_kv + g) * p.t_q + t0) * NSEL;
 
-    un.build(sel_tile, nq, lim0);
+    un.build(tile.sel, nq, lim0);
     const int nu = un.nu, nlow = un.nlow;
 
     const unsigned all_queries = nq == 32 ? 0xffffffffu : ((1u << nq) - 1u);

@@ -198,13 +198,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
   // qtile * n blocks.
   unsigned seq = 0;
   for (long long item = blockIdx.x; item < items; item += gridDim.x) {
-    const long long qt = item % qtiles;
-    const long long bg = item / qtiles;
-    const long long g = bg % p.h_kv, b = bg / p.h_kv;
-    const long long t0 = qt * QTILE;
-    const int nq = p.t_q - t0 < QTILE ? (int)(p.t_q - t0) : QTILE;
-    const long long lim0 = visible_limit(t0, p);  // query q's limit is lim0 + q
-    const int* sel_tile = reinterpret_cast<const int*>(p.block_idx) + ((b * p.h_kv + g) * p.t_q + t0) * NSEL;
+    const QueryTile tile = query_tile<QTILE>(item, qtiles, p);
+    const long long b = tile.b, g = tile.g, t0 = tile.t0, lim0 = tile.lim0;
+    const int nq = tile.nq;
     const elem_t* k_bg = ptr_elem(p.k) + (b * p.t_kv * p.h_kv + g) * DQK;
     const elem_t* v_bg = ptr_elem(p.v) + (b * p.t_kv * p.h_kv + g) * DV;
 
@@ -214,7 +210,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
       core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; });
       cp_async_commit();
     }
-    un.build(sel_tile, nq, lim0);
+    un.build(tile.sel, nq, lim0);
 
     if (warp >= QTILE) {
       produce(un, seq, (int)threadIdx.x - QTILE * 32, full0, empty0, k_ring, v_ring, k_bg, v_bg, p.h_kv * DQK,

@@ -19,6 +19,29 @@
 
 #include "common.cuh"
 
+/// Work item `item` of the query-tile designs: items are numbered (b, g, tile) with the tile
+/// fastest, so neighbouring CTAs take neighbouring queries of one (b, g), which share blocks in L2.
+struct QueryTile {
+  long long b, g;
+  long long t0;     // the tile's first query
+  int nq;           // its queries: QTILE, fewer in the last tile of a row
+  long long lim0;   // query t0's visible limit; query t0 + q's is lim0 + q (never above T_kv)
+  const int* sel;   // block_idx row of query t0 (the rows of t0 + 1, ... follow it)
+};
+template <int QTILE>
+__device__ __forceinline__ QueryTile query_tile(long long item, long long qtiles, const SelectionParams& p) {
+  QueryTile q;
+  const long long qt = item % qtiles;
+  const long long bg = item / qtiles;
+  q.g = bg % p.h_kv;
+  q.b = bg / p.h_kv;
+  q.t0 = qt * QTILE;
+  q.nq = p.t_q - q.t0 < QTILE ? (int)(p.t_q - q.t0) : QTILE;
+  q.lim0 = visible_limit(q.t0, p);
+  q.sel = reinterpret_cast<const int*>(p.block_idx) + ((q.b * p.h_kv + q.g) * p.t_q + q.t0) * NSEL;
+  return q;
+}
+
 template <int QTILE, int THREADS>
 struct QueryTileUnion {
   static constexpr int SLOTS = QTILE * NSEL;
