@@ -411,3 +411,26 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
                  "prefill_stream was planned for 32 heads per group");
   EXPECT_TRUE(variants_for(kWideHeads, "sm_90", Design::prefill_stream).empty());
 }
+
+TEST(Catalog, PrefillStreamRegisterPlanFollowsTheSchedulers) {
+  namespace L = nsa_layout;
+  // Warps spread over four schedulers of 16384 registers: up to 2 warps each 255 registers (the
+  // ISA's cap), 3 warps each 168 (16384 / 96 rounded down to the allocation unit of 8), 4 warps 128.
+  EXPECT_EQ(L::stream_register_budget(4), 255);
+  EXPECT_EQ(L::stream_register_budget(8), 255);
+  EXPECT_EQ(L::stream_register_budget(9), 168);
+  EXPECT_EQ(L::stream_register_budget(12), 168);
+  EXPECT_EQ(L::stream_register_budget(16), 128);
+  EXPECT_TRUE(L::stream_q_in_registers(8));
+  EXPECT_FALSE(L::stream_q_in_registers(12));
+  EXPECT_EQ(L::stream_chunk(8, 64), 64);
+  EXPECT_EQ(L::stream_chunk(12, 64), 32);
+  EXPECT_EQ(L::stream_chunk(16, 128), 16);
+  EXPECT_EQ(L::stream_chunk(8, 32), 32);  // never more than a block
+  // Shared memory: the union of warps - producers queries, the barriers, a Q tile per consumer,
+  // the ring of whole blocks; the 12-warp default for D = 128 fits an H100 with a fifth stage.
+  EXPECT_EQ(L::prefill_stream_smem(128, 128, 16, 64, 12, 4, 3),
+            L::union_bytes(8, 16) + 128 + 8 * L::q_tile_bytes(128, 1) + 3 * L::kv_stage_bytes(128, 128, 64));
+  EXPECT_LE(L::prefill_stream_smem(128, 128, 16, 64, 12, 4, 5), max_dynamic_shared_bytes("sm_90"));
+  EXPECT_GT(L::prefill_stream_smem(128, 128, 16, 64, 16, 2, 5), max_dynamic_shared_bytes("sm_90"));
+}
