@@ -153,7 +153,8 @@ std::string split_kv_problem(const KernelVariant& v) {
 /// consumer per query, each consumer a one-warp engine of 16 rows: no engine arrangement to
 /// check, but h must fit those rows. Registers (layout.cuh's register plan): a consumer holds O
 /// (D_v / 2), S (step / 2), Q (D_qk / 4) when it stays in registers, and ~40 more (ptxas on sm_90,
-/// D 128 and 192: 201-218 of 255 at 8 warps, 166-167 of 168 at 12, 126-128 of 128 at 16).
+/// D 128 and 192: 211-255 of 255 at 4 and 8 warps, 168 of 168 at 12 with spills of 0-52 bytes in
+/// some settings, 127 of 128 at 16).
 std::string prefill_stream_problem(const KernelVariant& v) {
   const FamilySpec& s = v.spec;
   if (s.h > 16)
@@ -163,7 +164,8 @@ std::string prefill_stream_problem(const KernelVariant& v) {
   if (producers >= warps)
     return "producers=" + std::to_string(producers) + " of warps=" + std::to_string(warps) +
            " leave no consumer warp: use fewer producers or more warps";
-  const int regs = s.d_v / 2 + L::stream_chunk(warps, s.block) / 2 + (L::stream_q_in_registers(warps) ? s.d_qk / 4 : 0) + 40;
+  const int regs = s.d_v / 2 + L::stream_chunk(warps, s.block) / 2 +
+                   (L::stream_q_in_registers(warps) ? s.d_qk / 4 : 0) + 40;
   const int budget = L::stream_register_budget(warps);
   if (regs > budget)
     return "a consumer warp needs about " + std::to_string(regs) + " registers per thread; with warps=" +

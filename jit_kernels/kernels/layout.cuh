@@ -103,9 +103,13 @@ NSA_HD constexpr long long prefill_shared_smem(int dqk, int dv, int h, int n, in
 /// each with 16384 registers, so a thread may have 255 registers up to 8 warps, 168 up to 12 and
 /// 128 up to 16. A consumer's Q fragments stay in registers up to 8 warps only, and its compute
 /// step (the S accumulator, step / 2 registers) shrinks from 64 keys to 32 and 16.
-NSA_HD constexpr int stream_register_budget(int warps) { return min_i(255, 16384 / (32 * ((warps + 3) / 4)) / 8 * 8); }
+NSA_HD constexpr int stream_register_budget(int warps) {
+  return min_i(255, 16384 / (32 * ((warps + 3) / 4)) / 8 * 8);
+}
 NSA_HD constexpr bool stream_q_in_registers(int warps) { return warps <= 8; }
-NSA_HD constexpr int stream_chunk(int warps, int block) { return min_i(block, warps <= 8 ? 64 : (warps <= 12 ? 32 : 16)); }
+NSA_HD constexpr int stream_chunk(int warps, int block) {
+  return min_i(block, warps <= 8 ? 64 : (warps <= 12 ? 32 : 16));
+}
 /// prefill_stream: the union of qtile = warps - producers queries (as prefill_shared), 2 * stages
 /// mbarriers (8 bytes each), each consumer warp's 16 Q rows, then the ring of `stages` whole
 /// blocks of K and V.

@@ -245,7 +245,6 @@ __device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
-
 // ---- grid identity -----------------------------------------------------------------------------
 
 /// The temporal launch number of this grid in its context (PTX %gridid): the same for every CTA
