@@ -29,8 +29,8 @@
 // block keeps each consumer exactly there: it waits for full[s] phase j only after phase
 // j - STAGES (it waited for that too), and phase j + STAGES cannot complete before its own arrival
 // on empty[s] for block j. (A first version let consumers wait only for their own blocks and the
-// producer arrive for the others; a consumer then met a stage two phases on, read parity as done
-// and left with copies still in flight: launch failures on the H100 from T = 8192 on.) Waiting
+// producer arrive for the others; a consumer could then meet a stage two phases on, take the parity
+// as done and leave with copies still in flight: it failed on the H100 from T = 8192 on.) Waiting
 // for a block that has landed costs a consumer a few instructions, and the producer still runs up
 // to STAGES blocks ahead of the slowest consumer, so a block one query selected no longer stalls
 // the others as a CTA barrier per tile did. Consumers and producer take the blocks in the same
