@@ -475,7 +475,7 @@ def build_report(out_dir, cases=None):
     pre = meta.get("prefill_options")
     if any(c.group == "prefill" for c in cases) and pre:
         lines.append(f"- prefill cases: nsa-bench-kernels {' '.join(pre)} (to fit the run in one device call: split_kv "
-                     "is a decode design, one baseline setting at T=32768 moves 3 x 69 GB per run); every other "
+                     "and decode_stream are decode designs, one baseline setting at T=32768 moves 3 x 69 GB per run); every other "
                      "catalog variant is timed.")
     dec = meta.get("decode_options")
     if any(c.group == "decode" for c in cases) and dec:
@@ -550,8 +550,10 @@ RAW_ARCHIVE = "selection-report-raw.tar.gz"
 
 
 def prefill_options(args):
-    """What the prefill run of nsa-bench-kernels leaves out unless --all-designs."""
-    return ["--exclude-designs", "split_kv"] + ([] if args.quick else ["--baseline-defaults-only"])
+    """What the prefill run of nsa-bench-kernels leaves out unless --all-designs: the decode designs
+    (split_kv, decode_stream), whose one row per CTA (or several CTAs per row) reuses nothing
+    across the T_q rows of prefill."""
+    return ["--exclude-designs", "split_kv,decode_stream"] + ([] if args.quick else ["--baseline-defaults-only"])
 
 
 def decode_options(args):

@@ -56,6 +56,16 @@ const std::vector<Knob>& knobs_of(Design d) {
   // (1.3-1.6x slower than two or four), 12 warps with 4 producers was fastest at T = 8192 and
   // 32768, and a third stage gained 13% over two; 4 warps fit two CTAs per SM.
   static const std::vector<Knob> stream = {{"warps", {12, 16, 8, 4}}, {"producers", {4, 2}}, {"stages", {3, 4, 2, 5}}};
+  // decode_stream: a row's blocks split over `split` CTAs (a cluster when > 1), each streaming
+  // its share through a ring of `stages` whole blocks with `producers` loading warps, while
+  // `consumers` warps compute a block each. consumers + producers <= 8 keeps Q and a whole
+  // 64-key block's scores in registers. The values are those that won somewhere on the H100
+  // (docs/performance.md, v7: of 84 settings at B = 1, 16, 128 and the paper config, split 8,
+  // one producer and 6 stages never did): split 1 at B >= 16, where a row's 16 blocks already
+  // keep HBM busy, split 4 at B = 1; decode_stream_problem() prunes splits beyond a full row's
+  // blocks and rings deeper than a CTA's share.
+  static const std::vector<Knob> decode = {
+      {"split", {1, 4, 2}}, {"consumers", {4, 2, 6}}, {"producers", {2}}, {"stages", {4, 3, 2, 5}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
@@ -63,6 +73,7 @@ const std::vector<Knob>& knobs_of(Design d) {
     case Design::split_kv: return split;
     case Design::prefill_shared: return prefill;
     case Design::prefill_stream: return stream;
+    case Design::decode_stream: return decode;
   }
   return none;
 }
@@ -110,6 +121,9 @@ std::int64_t engine_smem(const KernelVariant& v) {
       return L::prefill_shared_smem(s.d_qk, s.d_v, s.h, s.n, knob_value(v, "qtile"), warps, tile, stages);
     case Design::prefill_stream:
       return L::prefill_stream_smem(s.d_qk, s.d_v, s.n, s.block, warps, knob_value(v, "producers"), stages);
+    case Design::decode_stream:
+      return L::decode_stream_smem(s.d_qk, s.d_v, s.h, s.n, s.block, knob_value(v, "consumers"), stages,
+                                   knob_value(v, "split"));
   }
   return 0;
 }
@@ -177,6 +191,44 @@ std::string prefill_stream_problem(const KernelVariant& v) {
   return "";
 }
 
+/// Why a decode_stream setting cannot run or is not worth offering, or "" when it can. Its
+/// consumers are one-warp engines of 16 rows (h <= 16) with Q and a step's scores in registers,
+/// which the register plan allows up to 8 warps (consumers + producers). Like split_kv, it counts
+/// the blocks of a full row (n: every selected block visible, as in decode): a split beyond them
+/// leaves CTAs without a block, and a ring deeper than a CTA's share only costs shared memory.
+std::string decode_stream_problem(const KernelVariant& v) {
+  const FamilySpec& s = v.spec;
+  if (s.h > 16)
+    return "h=" + std::to_string(s.h) + " query heads per group exceed the 16 rows of a decode_stream consumer "
+           "warp; use split_kv or query_outer";
+  const int split = knob_value(v, "split"), consumers = knob_value(v, "consumers"),
+            producers = knob_value(v, "producers"), stages = knob_value(v, "stages");
+  const int warps = consumers + producers;
+  if (warps > 8)
+    return "consumers=" + std::to_string(consumers) + " and producers=" + std::to_string(producers) +
+           " make more than 8 warps; a consumer keeps Q and a block's scores in registers, which needs the 255 "
+           "registers a thread has up to 8 warps";
+  const int regs = s.d_v / 2 + L::stream_chunk(warps, s.block) / 2 + s.d_qk / 4 + 40;
+  if (regs > L::stream_register_budget(warps))
+    return "a consumer warp needs about " + std::to_string(regs) + " registers per thread, more than the " +
+           std::to_string(L::stream_register_budget(warps)) + " a thread has: this family's D is too large for it";
+  if (split > 1 && arch_number(v.arch) < 90)
+    return "split=" + std::to_string(split) + " makes a row's CTAs a thread-block cluster that merges through "
+           "distributed shared memory (sm_90 or newer); " + v.arch + " has neither: use split=1";
+  if (split > s.n)
+    return "split=" + std::to_string(split) + " exceeds the n=" + std::to_string(s.n) +
+           " blocks of a full row: some CTAs would own no block; use a smaller split";
+  const int per_cta = (s.n + split - 1) / split;
+  if (stages > 2 && stages > per_cta)
+    return "stages=" + std::to_string(stages) + " exceeds the " + std::to_string(per_cta) +
+           " blocks a CTA of split=" + std::to_string(split) + " owns: the deeper ring only costs shared memory";
+  const std::int64_t smem = engine_smem(v);
+  if (smem > max_dynamic_shared_bytes(v.arch))
+    return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +
+           std::to_string(max_dynamic_shared_bytes(v.arch)) + ": use fewer stages";
+  return "";
+}
+
 /// Why `v`'s knobs are not a setting the catalog offers on its arch, or "" when they are.
 std::string setting_problem(const KernelVariant& v) {
   if (auto reason = unsupported_reason(v.spec)) return *reason;
@@ -201,6 +253,7 @@ std::string setting_problem(const KernelVariant& v) {
   if (v.design == Design::split_kv)
     if (std::string problem = split_kv_problem(v); !problem.empty()) return problem;
   if (v.design == Design::prefill_stream) return prefill_stream_problem(v);
+  if (v.design == Design::decode_stream) return decode_stream_problem(v);
   const int rows = engine_rows(v);
   if (rows > L::kMaxRows)
     return "qtile*h = " + std::to_string(rows) + " rows exceed the 128 rows one CTA holds";
@@ -236,14 +289,15 @@ std::string_view source_for(Design d) {
     case Design::split_kv: return "split_kv.cu";
     case Design::prefill_shared: return "prefill_shared.cu";
     case Design::prefill_stream: return "prefill_stream.cu";
+    case Design::decode_stream: return "decode_stream.cu";
   }
   return "";
 }
 
 const std::vector<Design>& all_designs() {
-  static const std::vector<Design> designs = {Design::reference,      Design::sdpa_packed,
-                                              Design::query_outer,    Design::split_kv,
-                                              Design::prefill_shared, Design::prefill_stream};
+  static const std::vector<Design> designs = {Design::reference,      Design::sdpa_packed,    Design::query_outer,
+                                              Design::split_kv,       Design::prefill_shared, Design::prefill_stream,
+                                              Design::decode_stream};
   return designs;
 }
 
@@ -379,6 +433,16 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       const int qtile = knob_value(v, "warps") - knob_value(v, "producers");  // consumer warps, a query each
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
       plan.launches.push_back(launch("nsa_prefill_stream", items, engine_threads, engine_smem(v)));
+      break;
+    }
+    case Design::decode_stream: {
+      // One launch; a row's split CTAs are one cluster, and the grid stays a multiple of split
+      // so that a cluster never straddles two rows when the kernel loops past the grid limit.
+      const int split = knob_value(v, "split");
+      const unsigned threads = 32u * static_cast<unsigned>(knob_value(v, "consumers") + knob_value(v, "producers"));
+      Launch l = launch("nsa_decode_stream", rows * split, threads, engine_smem(v));
+      l.grid[0] = static_cast<unsigned>(std::min<std::int64_t>(rows * split, kMaxGrid / split * split));
+      plan.launches.push_back(l);
       break;
     }
   }

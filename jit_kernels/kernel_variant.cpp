@@ -18,13 +18,14 @@ std::string_view to_string(Design d) {
     case Design::split_kv: return "split_kv";
     case Design::prefill_shared: return "prefill_shared";
     case Design::prefill_stream: return "prefill_stream";
+    case Design::decode_stream: return "decode_stream";
   }
   return "unknown";
 }
 
 bool is_sparse(Design d) {
   return d == Design::query_outer || d == Design::split_kv || d == Design::prefill_shared ||
-         d == Design::prefill_stream;
+         d == Design::prefill_stream || d == Design::decode_stream;
 }
 
 std::string FamilySpec::key() const {
@@ -82,7 +83,7 @@ std::optional<KernelVariant> KernelVariant::parse(std::string_view key) {
   KernelVariant v;
   bool found = false;
   for (Design d : {Design::reference, Design::sdpa_packed, Design::query_outer, Design::split_kv,
-                   Design::prefill_shared, Design::prefill_stream})
+                   Design::prefill_shared, Design::prefill_stream, Design::decode_stream})
     if (to_string(d) == parts[1]) {
       v.design = d;
       found = true;

@@ -224,7 +224,7 @@ class Runner(unittest.TestCase):
         self.assertEqual(decode[decode.index("--exclude-designs") + 1], "prefill_stream")  # a prefill design
         self.assertEqual(decode[decode.index("--runs") + 1], "20")
         self.assertEqual(sum(a == "--shape" for a in prefill), 3)
-        self.assertEqual(prefill[prefill.index("--exclude-designs") + 1], "split_kv")
+        self.assertEqual(prefill[prefill.index("--exclude-designs") + 1], "split_kv,decode_stream")
         self.assertIn("--baseline-defaults-only", prefill)
         self.assertEqual(prefill[prefill.index("--runs") + 1], "10")
         self.assertIn("b=1,tq=8192,tkv=8192,hq=64,hkv=4,dqk=128,dv=128,block=64,n=16,dtype=bf16,pattern=random", prefill)
@@ -247,7 +247,7 @@ class Runner(unittest.TestCase):
         self.assertTrue(all(r[2] == "query_outer warps4_tile64_stages3_evict1" for r in rows))
         self.assertIn("Fake H100", p.stdout)
         self.assertIn("650 TFLOP/s", p.stdout)
-        self.assertIn("prefill cases: nsa-bench-kernels --exclude-designs split_kv --baseline-defaults-only", p.stdout)
+        self.assertIn("prefill cases: nsa-bench-kernels --exclude-designs split_kv,decode_stream --baseline-defaults-only", p.stdout)
         self.assertIn("decode cases: nsa-bench-kernels --exclude-designs prefill_stream", p.stdout)
         with open(os.path.join(self.out, "selection-report.md")) as f:
             self.assertEqual(f.read().strip(), p.stdout.strip())

@@ -119,6 +119,19 @@ NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block
   return union_bytes(warps - producers, n) + stream_barrier_bytes(stages) +
          (warps - producers) * q_tile_bytes(dqk, 1) + stages * kv_stage_bytes(dqk, dv, block);
 }
+/// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the
+/// cluster merge), the row's 16 Q rows, then the ring of `stages` whole blocks of K and V, which
+/// the consumers' merge buffer (fp32 O rows of stride D_v + 8, then m and l, per consumer)
+/// overlays at the end.
+NSA_HD constexpr long long decode_stream_merge_bytes(int dv, int consumers) {
+  return (long long)consumers * 16 * ((dv + kPad) + 2) * 4;
+}
+NSA_HD constexpr long long decode_stream_smem(int dqk, int dv, int h, int n, int block, int consumers, int stages,
+                                              int split) {
+  return row_list_bytes(n) + stream_barrier_bytes(stages) + (split > 1 ? split_partial_bytes(h, dv) : 0) +
+         q_tile_bytes(dqk, 1) +
+         max_ll(stages * kv_stage_bytes(dqk, dv, block), decode_stream_merge_bytes(dv, consumers));
+}
 /// reference: q (fp32), one score per thread of a 128-key chunk, 32 reduction slots.
 constexpr int kReferenceThreads = 128;
 NSA_HD constexpr long long reference_smem(int dqk) { return (long long)(dqk + kReferenceThreads + 32) * 4; }

@@ -49,7 +49,7 @@
 // with on-chip traffic: the row's SPLIT CTAs are one thread-block cluster (__cluster_dims__), each
 // keeps its partial in its own shared memory, and after a cluster barrier each merges 1/SPLIT of
 // the row's (head, chunk) items by reading its peers' partials through distributed shared memory
-// (merge_in_cluster below). It drops the partial's round trip through L2, the release/acquire
+// (cluster_merge.cuh). It drops the partial's round trip through L2, the release/acquire
 // arrival and the serial merge by one CTA, and needs the SPLIT CTAs of a cluster resident on one
 // GPC at once. On the H100 that bought ~1 us at B=16 and nothing at B=1, where each CTA is bound
 // by its own instruction chain, not by the merge (docs/performance.md, v3); the tuner keeps both.
@@ -62,6 +62,9 @@
 // <= 2^31-1) (CTAs loop over the rest), block = 32 * warps. Workspace (cluster = 0 only):
 // nsa_layout::split_workspace_bytes(rows, SPLIT, h, D_v); its contents need no initialisation.
 #include "selected_row.cuh"
+#if NSA_KNOB_CLUSTER
+#include "cluster_merge.cuh"
+#endif
 
 #if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_TILE) || !defined(NSA_KNOB_STAGES) || \
     !defined(NSA_KNOB_CLUSTER)
@@ -114,51 +117,6 @@ __device__ __forceinline__ bool arrive_last(unsigned long long* counter, unsigne
 }
 
 #if NSA_KNOB_CLUSTER
-/// The cluster variant (cluster = 1): the SPLIT CTAs of a row are one thread-block cluster. Each
-/// keeps its partial in its own shared memory (`part`: O [H][D_v], m [H], l [H]); after a cluster
-/// barrier every CTA merges a 1/SPLIT share of the row's (head, chunk) items, reading the peers'
-/// partials through distributed shared memory; a second barrier keeps every CTA (and so its
-/// shared memory) alive until the peers are done reading it. No workspace, no global atomics, no
-/// partial round trip through L2: the merge costs two on-chip barriers and one DSMEM round trip.
-__device__ __forceinline__ void merge_in_cluster(float* part, const SelectionParams& p, const RowId& r) {
-  constexpr int THREADS = Core::THREADS;
-  const long long h_q = p.h_kv * H;
-  elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
-  float* LSE = reinterpret_cast<float*>(p.lse);
-  float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
-  const u32 rank = cluster_cta_rank();
-  const u32 o_base = smem_addr(part), m_base = smem_addr(part + H * DV), l_base = smem_addr(part + H * DV + H);
-  for (int it = (int)rank * THREADS + (int)threadIdx.x; it < H * (DV / 8); it += SPLIT * THREADS) {
-    const int i = it / (DV / 8), ch = it % (DV / 8);
-    float ms[SPLIT];
-    float mx = NSA_NEG_INF;
-#pragma unroll
-    for (int sp = 0; sp < SPLIT; ++sp) {
-      ms[sp] = ld_cluster_f32(cluster_map(m_base + i * 4, sp));
-      mx = fmaxf(mx, ms[sp]);
-    }
-    const float base = mx == NSA_NEG_INF ? 0.f : mx;
-    float acc[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] = 0.f;
-    float l = 0.f;
-#pragma unroll
-    for (int sp = 0; sp < SPLIT; ++sp) {
-      // An empty share wrote only m = -inf (its O and l are stale): skipped, not scaled by 0.
-      if (ms[sp] == NSA_NEG_INF) continue;
-      const u32 src = cluster_map(o_base + (i * DV + ch * 8) * 4, sp);
-      const float4 x0 = ld_cluster_f32x4(src), x1 = ld_cluster_f32x4(src + 16);
-      const float w = fast_exp2(ms[sp] - base);
-      l += w * ld_cluster_f32(cluster_map(l_base + i * 4, sp));
-      add_weighted_chunk(acc, w, x0, x1);
-    }
-    store_output_chunk(o_rows + (long long)i * DV, lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch,
-                       acc, mx, l);
-  }
-}
-#endif
-
-#if NSA_KNOB_CLUSTER
 /// cluster = 1: the row's SPLIT CTAs are one cluster (consecutive blockIdx.x, grid.x a multiple
 /// of SPLIT), so every CTA of the cluster takes the same items and its share is its rank.
 __device__ __forceinline__ void split_rows_in_cluster(const SelectionParams& p, unsigned char* smem) {
@@ -190,7 +148,7 @@ __device__ __forceinline__ void split_rows_in_cluster(const SelectionParams& p, 
       for (int i = threadIdx.x; i < H; i += Core::THREADS) part[H * DV + i] = NSA_NEG_INF;
     }
     cluster_sync();  // every CTA's partial is written and visible cluster-wide
-    merge_in_cluster(part, p, r);
+    merge_in_cluster<SPLIT, Core::THREADS>(part, p, r);
     cluster_sync();  // no CTA leaves or rebuilds its partial while a peer may still read it
   }
 }

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 #include <stdexcept>
@@ -106,13 +107,14 @@ TEST(Catalog, VariantsAreDistinctPlannableAndFitTheArch) {
           EXPECT_EQ(l.block[0] % 32, 0u);
         }
       }
-      // Every design runs every family on every arch, except prefill_stream where its structure
-      // does not fit (h > 16 heads for a one-warp consumer, or a ring of whole blocks beyond the
-      // arch's shared memory); plan_for then says why.
+      // Every design runs every family on every arch, except the streaming designs where their
+      // structure does not fit (h > 16 heads for a one-warp consumer, Q and a block's scores
+      // beyond a consumer's registers, or a ring of whole blocks beyond the arch's shared
+      // memory); plan_for then says why.
       for (Design d : all_designs()) {
         if (designs.count(d)) continue;
-        EXPECT_EQ(d, Design::prefill_stream) << spec.key() << " on " << arch << ": " << to_string(d)
-                                             << " has no setting that fits";
+        EXPECT_TRUE(d == Design::prefill_stream || d == Design::decode_stream)
+            << spec.key() << " on " << arch << ": " << to_string(d) << " has no setting that fits";
         EXPECT_THROW((void)plan_for(default_variant(d, spec, arch), RuntimeShape{2, 3, 1000, 2}),
                      std::invalid_argument);
       }
@@ -411,6 +413,51 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   expect_refused(wide, RuntimeShape{1, 100, 100, 2}, "h=32 query heads per group exceed the 16 rows",
                  "prefill_stream was planned for 32 heads per group");
   EXPECT_TRUE(variants_for(kWideHeads, "sm_90", Design::prefill_stream).empty());
+}
+
+TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
+  const auto on_sm90 = variants_for(kDecode, "sm_90", Design::decode_stream);
+  ASSERT_FALSE(on_sm90.empty());
+  EXPECT_EQ(on_sm90.front().key(),
+            "sel_fwd.decode_stream.dqk128_dv128_h16_blk64_n16_bf16.split1_consumers4_producers2_stages4.sm90");
+  std::set<int> splits;
+  for (const auto& v : on_sm90) {
+    const int split = v.knob("split", 0), warps = v.knob("consumers", 0) + v.knob("producers", 0);
+    splits.insert(split);
+    EXPECT_LE(warps, 8) << v.key();
+    // A ring deeper than a CTA's share of a full row (n = 16 blocks) is not offered.
+    EXPECT_TRUE(v.knob("stages", 0) <= 2 || v.knob("stages", 0) <= 16 / split) << v.key();
+    const LaunchPlan plan = plan_for(v, RuntimeShape{3, 1, 5000, 4});
+    ASSERT_EQ(plan.launches.size(), 1u);
+    EXPECT_EQ(plan.launches[0].entry, "nsa_decode_stream");
+    EXPECT_EQ(plan.launches[0].block[0], 32u * static_cast<unsigned>(warps)) << v.key();
+    EXPECT_EQ(plan.launches[0].grid[0], 12u * static_cast<unsigned>(split)) << v.key();  // (b, g, t) rows x split
+    EXPECT_EQ(plan.workspace_bytes, 0u);
+    EXPECT_EQ(plan.launches[0].shared_bytes,
+              static_cast<unsigned>(nsa_layout::decode_stream_smem(128, 128, 16, 16, 64, v.knob("consumers", 0),
+                                                                  v.knob("stages", 0), split)));
+  }
+  EXPECT_EQ(splits, (std::set<int>{1, 2, 4}));
+
+  // Splits merge in a cluster: before sm_90 only split 1 is offered, and a split one is refused.
+  for (const auto& v : variants_for(kDecode, "sm_80", Design::decode_stream)) EXPECT_EQ(v.knob("split", 0), 1) << v.key();
+  KernelVariant clustered = default_variant(Design::decode_stream, kDecode, "sm_90");
+  clustered.knobs = {{"split", 2}, {"consumers", 4}, {"producers", 2}, {"stages", 4}};
+  clustered.arch = "sm_80";
+  expect_refused(clustered, RuntimeShape{1, 1, 100, 2}, "thread-block cluster", "a split decode_stream was planned on sm_80");
+  KernelVariant crowded = default_variant(Design::decode_stream, kDecode, "sm_90");
+  crowded.knobs = {{"split", 2}, {"consumers", 6}, {"producers", 2}, {"stages", 4}};  // 8 warps
+  EXPECT_TRUE(std::any_of(on_sm90.begin(), on_sm90.end(), [&](const auto& v) { return v.key() == crowded.key(); }))
+      << crowded.key() << ": 8 warps are still offered";
+  KernelVariant past_share = crowded;
+  past_share.knobs = {{"split", 4}, {"consumers", 4}, {"producers", 2}, {"stages", 5}};
+  expect_refused(past_share, RuntimeShape{1, 1, 100, 2}, "exceeds the 4 blocks a CTA of split=4 owns",
+                 "a ring deeper than a CTA's share was planned");
+  KernelVariant wide = default_variant(Design::decode_stream, kDecode, "sm_90");
+  wide.spec = kWideHeads;
+  expect_refused(wide, RuntimeShape{1, 1, 100, 2}, "h=32 query heads per group exceed the 16 rows",
+                 "decode_stream was planned for 32 heads per group");
+  EXPECT_TRUE(variants_for(kWideHeads, "sm_90", Design::decode_stream).empty());
 }
 
 TEST(Catalog, PrefillStreamRegisterPlanFollowsTheSchedulers) {

@@ -265,9 +265,11 @@ TEST_P(EdgeCases, EveryDesignMatchesTheReference) {
   std::vector<KernelVariant> variants;
   for (Design d : all_designs()) {
     auto offered = variants_for(family_of(c.shape, c.dtype), gpu().device.arch, d);
-    // prefill_stream holds a query's heads in one warp's 16 MMA rows: h32 has no setting of it
-    // (the catalog says so; catalog_test checks the reason). Every other design runs every case.
-    if (offered.empty() && d == Design::prefill_stream && c.shape.h > 16) continue;
+    // prefill_stream and decode_stream hold a row's heads in one warp's 16 MMA rows: h32 has no
+    // setting of them (the catalog says so; catalog_test checks the reason). Every other design
+    // runs every case.
+    const bool one_warp_rows = d == Design::prefill_stream || d == Design::decode_stream;
+    if (offered.empty() && one_warp_rows && c.shape.h > 16) continue;
     ASSERT_FALSE(offered.empty()) << "no " << to_string(d) << " variant for " << family_of(c.shape, c.dtype).key()
                                   << " on " << gpu().device.arch << ": "
                                   << unsupported_reason(family_of(c.shape, c.dtype)).value_or("(no reason given)");

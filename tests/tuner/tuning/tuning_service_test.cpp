@@ -45,6 +45,7 @@ TuningConfig small_config(const std::string& script) {
   c.plan.families = {FamilyTemplate{api::DType::bf16, 128, 128, 16, 64, {16}}};
   c.plan.phases = {api::Phase::decode};
   c.plan.decode_points = {{1, 4, 1, 8192}, {8, 4, 1, 8192}};
+  c.decode_designs = {jit::Design::query_outer, jit::Design::split_kv};  // what the fake worker's scripts name
   c.max_variants_per_design = 1;
   c.worker = NSA_FAKE_WORKER;
   c.worker_env = {{"FAKE_WORKER_SCRIPT", script}};

@@ -39,6 +39,15 @@
 //                                               consumers compute only their query's blocks
 //                   producers 4, 2            loading warps
 //                   stages  3, 4, 2, 5        ring depth in whole blocks
+//   decode_stream   split   1, 4, 2           CTAs per (b, g, t) row, each a contiguous share of
+//                                               its visible blocks; > 1: the row's CTAs are one
+//                                               cluster merging through distributed shared
+//                                               memory (sm_90+); at most n
+//                   consumers 4, 2, 6         warps computing whole blocks (h <= 16), a block each
+//                   producers 2               warps streaming the share's blocks through a ring
+//                                               (consumers + producers <= 8)
+//                   stages  4, 3, 2, 5        ring depth in whole blocks; > 2 only up to a CTA's
+//                                               share of a full row
 //
 // A setting is offered only when it is valid for the family: every warp owns a multiple of 16
 // key columns of a tile and at most two 16-row MMA tiles, the accumulators fit the register

@@ -29,7 +29,15 @@ struct FamilySpec {
 
 /// Designs. Families 1-2 of the spec are `reference` and the SDPA baseline (`sdpa_packed`:
 /// gather + dense attention); the rest are sparse selection designs.
-enum class Design : std::uint8_t { reference, sdpa_packed, query_outer, split_kv, prefill_shared, prefill_stream };
+enum class Design : std::uint8_t {
+  reference,
+  sdpa_packed,
+  query_outer,
+  split_kv,
+  prefill_shared,
+  prefill_stream,
+  decode_stream
+};
 std::string_view to_string(Design);
 bool is_sparse(Design);
 

@@ -50,7 +50,8 @@ struct TuningConfig {
   jit::SelectionPattern decode_pattern = jit::SelectionPattern::random;
   jit::SelectionPattern prefill_pattern = jit::SelectionPattern::random;
   /// Sparse designs measured per phase (the reference and the sdpa baseline always are).
-  std::vector<jit::Design> decode_designs = {jit::Design::query_outer, jit::Design::split_kv};
+  std::vector<jit::Design> decode_designs = {jit::Design::query_outer, jit::Design::split_kv,
+                                             jit::Design::decode_stream};
   std::vector<jit::Design> prefill_designs = {jit::Design::query_outer, jit::Design::prefill_shared,
                                               jit::Design::prefill_stream};
   /// Knob settings per design, the catalog's default first; 0 = every setting the catalog has.

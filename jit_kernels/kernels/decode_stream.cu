@@ -1,0 +1,308 @@
+// decode_stream: row-wise selection attention for decode, in which producer warps stream a row's
+// selected blocks through a shared-memory ring and consumer warps each compute whole blocks.
+//
+// Why. At small batch the row-wise designs (query_outer, split_kv) run one CTA per SM whose warps
+// share every tile: each warp owns 16-32 keys of it, a CTA barrier separates tiles, and the next
+// tile's copies are issued by the same warps between two tiles' math. On the H100 at B=16 (ncu,
+// docs/performance.md v7) such a CTA spent ~60% of its cycles issuing or waiting on its own
+// instructions (one warp per scheduler, 5.3 cycles per instruction; the load issue alone was 37%
+// of the instructions), while DRAM ran at 52% of its peak: the SMs could not consume blocks as
+// fast as memory delivered them. Here the copies have their own warps, each consumer warp takes
+// whole blocks (a 64-key block is one compute step, with 8 independent MMA chains for S and 16 for
+// P V) and consumers work on different blocks at once, so a CTA keeps CONSUMERS blocks in
+// computation and the rest of the ring in flight, with no CTA barrier between blocks.
+//
+// Work. A row (b, g, t) is split into SPLIT shares of its visible blocks (the compacted list of
+// selected_row.cuh: wholly visible blocks, then the one cut by the causal limit or T_kv); share s
+// is blocks [s * nb / SPLIT, (s + 1) * nb / SPLIT) of the row's nb, and one CTA takes it. The
+// SPLIT CTAs of a row form a thread-block cluster (sm_90) and merge their partials through
+// distributed shared memory (cluster_merge.cuh); with SPLIT = 1 the CTA writes the row itself.
+//
+// Roles. Warps 0 .. CONSUMERS-1 are consumers, the last PRODUCERS warps load. Block j of the share
+// (j counted across the CTA's work items, as `seq` + j) goes to ring stage j % STAGES in that
+// stage's phase j / STAGES and is computed by consumer j % CONSUMERS. The hand-over is
+// prefill_stream's (see its "Roles" for why it is sound): full[s] completes when every producer
+// lane's copies of the block have landed (cp.async.mbarrier.arrive, count PRODUCERS * 32);
+// empty[s] when every consumer is past it (count CONSUMERS). Every consumer passes every block in
+// order (wait full, arrive empty), computing only its own: the parity waits stay within one phase
+// of their barrier, and a consumer passing a block it does not own costs one wait on a block that
+// has usually landed.
+//
+// Each consumer keeps its own online-softmax state (m, l, O for the row's h <= 16 heads, a
+// one-warp AttentionCore with Q fragments in registers). At the end the consumers' states are
+// merged through shared memory (overlaying the ring), as the engine merges its column groups.
+//
+// Numerics are those of the other designs: scores scaled into the log2 domain, online softmax in
+// fp32, P rounded to the input dtype for P V, O normalised once at the end; a row that sees no key
+// writes O = 0 and LSE = -inf. Rows of a block past the row's visible limit are copied from the
+// block's first row (finite data, never past T_kv) and masked.
+//
+// Knobs: NSA_KNOB_SPLIT (1, 2, 4, 8; > 1 needs sm_90 clusters), NSA_KNOB_CONSUMERS (2, 4, 6),
+// NSA_KNOB_PRODUCERS (1, 2), NSA_KNOB_STAGES (2..6: ring depth in whole blocks). consumers +
+// producers <= 8 warps, so a thread may use 255 registers (layout.cuh's stream register plan).
+// Needs h <= 16. Launch: grid.x = min(rows * SPLIT, the largest multiple of SPLIT <= 2^31-1) (CTAs
+// loop over the rest), block = 32 * (consumers + producers), dynamic shared memory =
+// nsa_layout::decode_stream_smem(...). No workspace.
+#include "selected_row.cuh"
+
+#if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_CONSUMERS) || !defined(NSA_KNOB_PRODUCERS) || \
+    !defined(NSA_KNOB_STAGES)
+#error "decode_stream.cu needs the knobs split, consumers, producers and stages (jit_kernels/catalog.cpp)"
+#endif
+
+constexpr int SPLIT = NSA_KNOB_SPLIT;
+constexpr int CONSUMERS = NSA_KNOB_CONSUMERS;
+constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
+constexpr int STAGES = NSA_KNOB_STAGES;
+constexpr int WARPS = CONSUMERS + PRODUCERS;
+constexpr int THREADS = WARPS * 32;
+constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
+constexpr int SUBS = BLK / CHUNK;                             // compute steps per block
+static_assert(H <= 16, "decode_stream computes a row's heads as the 16 rows of one MMA tile: h must be at most 16");
+static_assert(WARPS <= 8, "decode_stream keeps Q in registers: at most 8 warps (255 registers a thread)");
+static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
+static_assert(SPLIT >= 1 && SPLIT <= 8, "split must be in [1, 8] (a row's CTAs are one portable cluster)");
+
+#if NSA_KNOB_SPLIT > 1
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define NSA_DECODE_CLUSTER_DIMS __cluster_dims__(SPLIT, 1, 1)
+#include "cluster_merge.cuh"
+#else
+#error "decode_stream with split > 1 needs sm_90 or newer (thread-block clusters)"
+#endif
+#else
+#define NSA_DECODE_CLUSTER_DIMS
+#endif
+
+using Core = AttentionCore<1, 1, CHUNK, 2, false, 192>;
+static_assert(Core::Q_IN_REGS, "decode_stream's consumers keep Q in registers");
+
+namespace {
+
+constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
+constexpr int OSTR = DV + nsa_layout::kPad;  // merge buffer row stride, in floats
+
+/// One operand (K or V: CH 16-byte chunks per row, shared row stride STR) of a block whose first
+/// `vis` rows are visible: producer lane `pt` issues its share of the copies; rows past `vis` are
+/// copied from row 0. When the producers' lanes divide into the chunks of a row (D = 64, 128, 256)
+/// each lane keeps one chunk column and walks its rows with one pointer step per copy; a block
+/// with every row visible (all but the cut one) then needs no per-row test.
+template <int CH, int STR>
+__device__ __forceinline__ void copy_operand(elem_t* dst, const elem_t* src, long long stride, int vis, int pt) {
+  constexpr int LANES = PRODUCERS * 32;
+  if constexpr (LANES % CH == 0 && BLK % (LANES / CH) == 0) {
+    constexpr int RSTEP = LANES / CH;  // rows per pass of all lanes
+    const int ch = pt % CH, r0 = pt / CH;
+    const elem_t* from = src + r0 * stride + ch * 8;
+    const u32 to = smem_addr(dst + r0 * STR + ch * 8);
+    const long long step = RSTEP * stride;
+    if (vis == BLK) {
+#pragma unroll
+      for (int k = 0; k < BLK / RSTEP; ++k) cp_async_16(to + k * RSTEP * STR * 2, from + k * step, true);
+    } else {
+#pragma unroll 4
+      for (int k = 0; k < BLK / RSTEP; ++k) {
+        const int r = r0 + k * RSTEP;
+        cp_async_16(to + k * RSTEP * STR * 2, r < vis ? from + k * step : src + ch * 8, true);
+      }
+    }
+  } else {
+#pragma unroll 4
+    for (int i = pt; i < BLK * CH; i += LANES) {
+      const int r = i / CH, ch = i % CH;
+      cp_async_16(smem_addr(dst + r * STR + ch * 8), src + (r < vis ? r : 0) * stride + ch * 8, true);
+    }
+  }
+}
+
+/// The producers: stream blocks [first, last) of the row list into the ring. `seq` numbers the
+/// CTA's blocks across work items; `pt` is this thread's index among the PRODUCERS * 32 lanes.
+__device__ __forceinline__ void produce(const SelectedRow& row, long long first, long long last, unsigned seq,
+                                        int pt, u32 full0, u32 empty0, elem_t* k_ring, elem_t* v_ring,
+                                        const elem_t* k_bg, const elem_t* v_bg, long long k_stride,
+                                        long long v_stride) {
+  for (long long j = first; j < last; ++j) {
+    const unsigned n = seq + (unsigned)(j - first);
+    const int s = (int)(n % STAGES);
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
+    // Visible rows of the block: all but in the cut block (the list's last when npos is not a
+    // multiple of BLK).
+    const long long left = row.npos - j * BLK;
+    const int vis = left >= BLK ? BLK : (int)left;
+    const long long key0 = (long long)row.list[j] * BLK;
+    copy_operand<DQK / 8, KSTR>(k_ring + s * BLK * KSTR, k_bg + key0 * k_stride, k_stride, vis, pt);
+    copy_operand<DV / 8, VSTR>(v_ring + s * BLK * VSTR, v_bg + key0 * v_stride, v_stride, vis, pt);
+    cp_async_mbar_arrive(full0 + 8u * s);
+  }
+}
+
+/// Consumer warp c passes blocks [first, last) and computes those it owns ((j - first) % CONSUMERS
+/// == c), into its engine's running state.
+__device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long long first, long long last,
+                                        unsigned seq, u32 full0, u32 empty0, int c, float scale_log2) {
+  const int lane = core.lane;
+  for (long long j = first; j < last; ++j) {
+    const unsigned n = seq + (unsigned)(j - first);
+    const int s = (int)(n % STAGES);
+    mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
+    if ((int)((j - first) % CONSUMERS) == c) {
+      const long long left = row.npos - j * BLK;
+      const int vis = left >= BLK ? BLK : (int)left;  // >= 1: the list holds visible blocks only
+#pragma unroll
+      for (int sub = 0; sub < SUBS; ++sub) {
+        if (sub * CHUNK >= vis) break;
+        core.compute_tile(s * SUBS + sub, (sub + 1) * CHUNK <= vis, scale_log2, [&](int c0, int) {
+          const int rest = vis - sub * CHUNK - c0;
+          return rest <= 0 ? 0 : (rest >= 16 ? 16 : rest);
+        });
+      }
+      __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
+    }
+    if (lane == 0) mbar_arrive(empty0 + 8u * s);
+  }
+}
+
+/// Consumer warp c writes its state to the merge buffer: O rows [c][16][OSTR] (fp32), then (m, l)
+/// per row at ml[(c * 16 + row) * 2]. l is summed over the quad first (each lane holds the sum
+/// over its own columns).
+__device__ __forceinline__ void stash_state(const Core& core, float* merge_o, float* merge_ml, int c) {
+  const int lane = core.lane;
+  const int g = lane >> 2, c2 = (lane & 3) * 2;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float l = core.l_run[0][hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int r = g + hf * 8;
+    float* dst = merge_o + (c * 16 + r) * OSTR;
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; ++dt) {
+      dst[dt * 8 + c2] = core.o[0][dt][2 * hf];
+      dst[dt * 8 + c2 + 1] = core.o[0][dt][2 * hf + 1];
+    }
+    if ((lane & 3) == 0) {
+      merge_ml[(c * 16 + r) * 2] = core.m_run[0][hf];
+      merge_ml[(c * 16 + r) * 2 + 1] = l;
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
+    nsa_decode_stream(const SelectionParams p) {
+  require_smem(nsa_layout::decode_stream_smem(DQK, DV, H, NSEL, BLK, CONSUMERS, STAGES, SPLIT));
+  unsigned char* smem = dynamic_smem();
+  // [row list | barriers | partial (split > 1) | Q | ring (the merge buffer overlays it)]
+  unsigned char* at = smem + nsa_layout::row_list_bytes(NSEL);
+  const u32 full0 = smem_addr(at), empty0 = full0 + 8u * STAGES;
+  at += nsa_layout::stream_barrier_bytes(STAGES);
+  float* part = reinterpret_cast<float*>(at);
+  at += SPLIT > 1 ? nsa_layout::split_partial_bytes(H, DV) : 0;
+  elem_t* q_s = reinterpret_cast<elem_t*>(at);
+  elem_t* k_ring = q_s + 16 * Core::QSTR;
+  elem_t* v_ring = k_ring + STAGES * BLK * KSTR;
+  float* merge_o = reinterpret_cast<float*>(k_ring);
+  float* merge_ml = merge_o + CONSUMERS * 16 * OSTR;
+  const int warp = threadIdx.x >> 5;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8u * s, (u32)PRODUCERS * 32u);
+      mbar_init(empty0 + 8u * s, (u32)CONSUMERS);
+    }
+  }
+  // (The row build below synchronises the CTA before any barrier is used.)
+
+  Core core;
+  if (warp < CONSUMERS) core.init_warp(q_s, k_ring, v_ring);
+
+  const long long rows = p.batch * p.h_kv * p.t_q;
+  const long long h_q = p.h_kv * H;
+  const float scale_log2 = p.scale * NSA_LOG2E;
+  SelectedRow row;
+  // Blocks this CTA has streamed before the current item (it never wraps: a CTA takes
+  // ceil(rows * SPLIT / grid.x) items of at most n blocks).
+  unsigned seq = 0;
+  for (long long item = blockIdx.x; item < rows * SPLIT; item += gridDim.x) {
+    const long long rid = item / SPLIT;
+    const int share = (int)(item % SPLIT);
+    const RowId r = split_row(rid, p);
+    const elem_t* q_rows = ptr_elem(p.q) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DQK;
+    const elem_t* k_bg = ptr_elem(p.k) + (r.b * p.t_kv * p.h_kv + r.g) * DQK;
+    const elem_t* v_bg = ptr_elem(p.v) + (r.b * p.t_kv * p.h_kv + r.g) * DV;
+
+    // Consumers start the Q copies (one 16-row tile, padding heads zero-filled) before the row
+    // list is built; they land while it is.
+    if (warp < CONSUMERS) {
+      for (int i = threadIdx.x; i < 16 * (DQK / 8); i += CONSUMERS * 32) {
+        const int hr = i / (DQK / 8), ch = i % (DQK / 8);
+        cp_async_16(smem_addr(q_s + hr * Core::QSTR + ch * 8), hr < H ? q_rows + (long long)hr * DQK + ch * 8 : q_rows,
+                    hr < H);
+      }
+      cp_async_commit();
+    }
+    row.build(reinterpret_cast<int*>(smem), p, r);  // synchronises the CTA
+    const long long nb = (row.npos + BLK - 1) / BLK;
+    const long long first = share * nb / SPLIT, last = (share + 1) * nb / SPLIT;
+
+    if (warp >= CONSUMERS) {
+      produce(row, first, last, seq, (int)threadIdx.x - CONSUMERS * 32, full0, empty0, k_ring, v_ring, k_bg, v_bg,
+              p.h_kv * DQK, p.h_kv * DV);
+    } else {
+      cp_async_wait<0>();
+      // Every consumer's Q copies have landed before any consumer reads the tile.
+      asm volatile("bar.sync 1, %0;\n" ::"r"(CONSUMERS * 32) : "memory");
+      core.load_q_fragments();
+      core.reset();
+      consume(core, row, first, last, seq, full0, empty0, warp, scale_log2);
+    }
+    seq += (unsigned)(last - first);
+    __syncthreads();  // every block has been computed: the merge buffer may overlay the ring
+    if (warp < CONSUMERS) stash_state(core, merge_o, merge_ml, warp);
+    __syncthreads();
+
+    // Merge the consumers' states per (head, 8-wide chunk of D_v): into this CTA's partial for
+    // the cluster merge (split > 1), or straight into O and LSE.
+    elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
+    float* LSE = reinterpret_cast<float*>(p.lse);
+    float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
+    for (int it = threadIdx.x; it < H * (DV / 8); it += THREADS) {
+      const int i = it / (DV / 8), ch = it % (DV / 8);
+      float m = NSA_NEG_INF;
+#pragma unroll
+      for (int c = 0; c < CONSUMERS; ++c) m = fmaxf(m, merge_ml[(c * 16 + i) * 2]);
+      const float base = m == NSA_NEG_INF ? 0.f : m;
+      float acc[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+      float l = 0.f;
+#pragma unroll
+      for (int c = 0; c < CONSUMERS; ++c) {
+        // A consumer that computed nothing has m = -inf, l = 0 and O = 0: weight 0, exactly.
+        const float w = fast_exp2(merge_ml[(c * 16 + i) * 2] - base);
+        l += w * merge_ml[(c * 16 + i) * 2 + 1];
+        const float4* src = reinterpret_cast<const float4*>(merge_o + (c * 16 + i) * OSTR + ch * 8);
+        add_weighted_chunk(acc, w, src[0], src[1]);
+      }
+      if constexpr (SPLIT > 1) {
+        float4* dst = reinterpret_cast<float4*>(part + i * DV + ch * 8);
+        dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+        if (ch == 0) {
+          part[H * DV + i] = m;
+          part[H * DV + H + i] = l;
+        }
+      } else {
+        store_output_chunk(o_rows + (long long)i * DV,
+                           lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch, acc, m, l);
+      }
+    }
+#if NSA_KNOB_SPLIT > 1
+    cluster_sync();  // every CTA's partial is written and visible cluster-wide
+    merge_in_cluster<SPLIT, THREADS>(part, p, r);
+    cluster_sync();  // no CTA leaves or rebuilds its partial while a peer may still read it
+#endif
+    __syncthreads();  // the row list, Q and the merge buffer are reused by the next item
+  }
+}
