@@ -55,7 +55,7 @@ const std::vector<Knob>& knobs_of(Design d) {
   // blocks. On the H100 (docs/performance.md, v6) one producer warp could not feed the consumers
   // (1.3-1.6x slower than two or four), 12 warps with 4 producers was fastest at T = 8192 and
   // 32768, and a third stage gained 13% over two; 4 warps fit two CTAs per SM.
-  static const std::vector<Knob> stream = {{"warps", {12, 16, 8, 4}}, {"producers", {4, 2}}, {"stages", {3, 4, 2, 5}}};
+  static const std::vector<Knob> stream = {{"warps", {12, 16, 8, 4}}, {"producers", {4, 2, 1}}, {"stages", {3, 4, 2, 5}}};
   // decode_stream: a row's blocks split over `split` CTAs (a cluster when > 1), each streaming
   // its share through a ring of `stages` whole blocks with `producers` loading warps, while
   // `consumers` warps compute a block each. consumers + producers <= 8 keeps Q and a whole

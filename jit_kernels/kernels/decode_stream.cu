@@ -43,6 +43,7 @@
 // Needs h <= 16. Launch: grid.x = min(rows * SPLIT, the largest multiple of SPLIT <= 2^31-1) (CTAs
 // loop over the rest), block = 32 * (consumers + producers), dynamic shared memory =
 // nsa_layout::decode_stream_smem(...). No workspace.
+#include "block_copy.cuh"
 #include "selected_row.cuh"
 
 #if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_CONSUMERS) || !defined(NSA_KNOB_PRODUCERS) || \
@@ -82,39 +83,6 @@ namespace {
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 constexpr int OSTR = DV + nsa_layout::kPad;  // merge buffer row stride, in floats
 
-/// One operand (K or V: CH 16-byte chunks per row, shared row stride STR) of a block whose first
-/// `vis` rows are visible: producer lane `pt` issues its share of the copies; rows past `vis` are
-/// copied from row 0. When the producers' lanes divide into the chunks of a row (D = 64, 128, 256)
-/// each lane keeps one chunk column and walks its rows with one pointer step per copy; a block
-/// with every row visible (all but the cut one) then needs no per-row test.
-template <int CH, int STR>
-__device__ __forceinline__ void copy_operand(elem_t* dst, const elem_t* src, long long stride, int vis, int pt) {
-  constexpr int LANES = PRODUCERS * 32;
-  if constexpr (LANES % CH == 0 && BLK % (LANES / CH) == 0) {
-    constexpr int RSTEP = LANES / CH;  // rows per pass of all lanes
-    const int ch = pt % CH, r0 = pt / CH;
-    const elem_t* from = src + r0 * stride + ch * 8;
-    const u32 to = smem_addr(dst + r0 * STR + ch * 8);
-    const long long step = RSTEP * stride;
-    if (vis == BLK) {
-#pragma unroll
-      for (int k = 0; k < BLK / RSTEP; ++k) cp_async_16(to + k * RSTEP * STR * 2, from + k * step, true);
-    } else {
-#pragma unroll 4
-      for (int k = 0; k < BLK / RSTEP; ++k) {
-        const int r = r0 + k * RSTEP;
-        cp_async_16(to + k * RSTEP * STR * 2, r < vis ? from + k * step : src + ch * 8, true);
-      }
-    }
-  } else {
-#pragma unroll 4
-    for (int i = pt; i < BLK * CH; i += LANES) {
-      const int r = i / CH, ch = i % CH;
-      cp_async_16(smem_addr(dst + r * STR + ch * 8), src + (r < vis ? r : 0) * stride + ch * 8, true);
-    }
-  }
-}
-
 /// The producers: stream blocks [first, last) of the row list into the ring. `seq` numbers the
 /// CTA's blocks across work items; `pt` is this thread's index among the PRODUCERS * 32 lanes.
 __device__ __forceinline__ void produce(const SelectedRow& row, long long first, long long last, unsigned seq,
@@ -130,8 +98,10 @@ __device__ __forceinline__ void produce(const SelectedRow& row, long long first,
     const long long left = row.npos - j * BLK;
     const int vis = left >= BLK ? BLK : (int)left;
     const long long key0 = (long long)row.list[j] * BLK;
-    copy_operand<DQK / 8, KSTR>(k_ring + s * BLK * KSTR, k_bg + key0 * k_stride, k_stride, vis, pt);
-    copy_operand<DV / 8, VSTR>(v_ring + s * BLK * VSTR, v_bg + key0 * v_stride, v_stride, vis, pt);
+    copy_block_operand<DQK / 8, KSTR, PRODUCERS * 32>(k_ring + s * BLK * KSTR, k_bg + key0 * k_stride, k_stride, vis,
+                                                      pt);
+    copy_block_operand<DV / 8, VSTR, PRODUCERS * 32>(v_ring + s * BLK * VSTR, v_bg + key0 * v_stride, v_stride, vis,
+                                                     pt);
     cp_async_mbar_arrive(full0 + 8u * s);
   }
 }

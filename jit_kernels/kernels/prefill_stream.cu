@@ -56,6 +56,7 @@
 // min(B * H_kv * ceil(T_q / QTILE), 2^31-1) (CTAs loop over the rest), block = 32 * warps,
 // dynamic shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
 #include "attention_core.cuh"
+#include "block_copy.cuh"
 #include "query_tile_union.cuh"
 
 #if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES)
@@ -88,27 +89,18 @@ constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 __device__ __forceinline__ void produce(const Union& un, unsigned seq, int pt, u32 full0, u32 empty0, elem_t* k_ring,
                                         elem_t* v_ring, const elem_t* k_bg, const elem_t* v_bg, long long k_stride,
                                         long long v_stride, long long lim_max) {
-  constexpr int KCH = DQK / 8, VCH = DV / 8, LANES = PRODUCERS * 32;
+  constexpr int LANES = PRODUCERS * 32;
   for (int j = 0; j < un.nu; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
     const u32 full = full0 + 8u * s;
     if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
     const long long key0 = (long long)un.ulist[j] * BLK;
-    elem_t* ks = k_ring + s * BLK * KSTR;
-    elem_t* vs = v_ring + s * BLK * VSTR;
-#pragma unroll 4
-    for (int i = pt; i < BLK * KCH; i += LANES) {
-      const int r = i / KCH, ch = i % KCH;
-      const long long key = key0 + r < lim_max ? key0 + r : key0;
-      cp_async_16(smem_addr(ks + r * KSTR + ch * 8), k_bg + key * k_stride + ch * 8, true);
-    }
-#pragma unroll 4
-    for (int i = pt; i < BLK * VCH; i += LANES) {
-      const int r = i / VCH, ch = i % VCH;
-      const long long key = key0 + r < lim_max ? key0 + r : key0;
-      cp_async_16(smem_addr(vs + r * VSTR + ch * 8), v_bg + key * v_stride + ch * 8, true);
-    }
+    // Rows at or past the tile's largest limit are copied from row 0 (the union holds visible
+    // blocks only, so at least row 0 is visible).
+    const int vis = lim_max - key0 >= BLK ? BLK : (int)(lim_max - key0);
+    copy_block_operand<DQK / 8, KSTR, LANES>(k_ring + s * BLK * KSTR, k_bg + key0 * k_stride, k_stride, vis, pt);
+    copy_block_operand<DV / 8, VSTR, LANES>(v_ring + s * BLK * VSTR, v_bg + key0 * v_stride, v_stride, vis, pt);
     cp_async_mbar_arrive(full);
   }
 }
