@@ -52,10 +52,14 @@ const std::vector<Knob>& knobs_of(Design d) {
       {"qtile", {4, 2, 8, 1}}, {"warps", {4, 8}}, {"tile", {64, 128, 32}}, {"stages", {2, 3}}};
   // prefill_stream: `warps` sets the register class (layout.cuh's register plan), `producers` of
   // them load and the other warps - producers are consumers, one query each; the ring holds whole
-  // blocks. On the H100 (docs/performance.md, v6) one producer warp could not feed the consumers
-  // (1.3-1.6x slower than two or four), 12 warps with 4 producers was fastest at T = 8192 and
-  // 32768, and a third stage gained 13% over two; 4 warps fit two CTAs per SM.
-  static const std::vector<Knob> stream = {{"warps", {12, 16, 8, 4}}, {"producers", {4, 2, 1}}, {"stages", {3, 4, 2, 5}}};
+  // blocks. On the H100 (docs/performance.md, v7), once the producers' copy loop was lean
+  // (block_copy.cuh), 12 warps with 2 producers (10 queries a CTA) and 5 stages were fastest at
+  // T = 8192 and 32768 random, one producer at T = 32768 clustered, 4 producers for the paper
+  // config (its 192-wide K rows take more copies); every extra stage up to 5 gained 3-13%, and
+  // a sixth (Q in registers to make room) lost more than it gained. The preferred values are the
+  // D = 128 winners, so an untuned family starts from them; 4 warps fit two CTAs per SM.
+  static const std::vector<Knob> stream = {
+      {"warps", {12, 16, 8, 4}}, {"producers", {2, 4, 1}}, {"stages", {5, 4, 3, 2}}};
   // decode_stream: a row's blocks split over `split` CTAs (a cluster when > 1), each streaming
   // its share through a ring of `stages` whole blocks with `producers` loading warps, while
   // `consumers` warps compute a block each. consumers + producers <= 8 keeps Q and a whole

@@ -390,7 +390,7 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   const auto on_sm90 = variants_for(kDecode, "sm_90", Design::prefill_stream);
   ASSERT_FALSE(on_sm90.empty());
   EXPECT_EQ(on_sm90.front().key(),
-            "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.warps12_producers4_stages3.sm90");
+            "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.warps12_producers2_stages5.sm90");
   std::set<int> warp_counts;
   for (const auto& v : on_sm90) {
     const int warps = v.knob("warps", 0), queries = warps - v.knob("producers", 0);

@@ -37,8 +37,8 @@
 //                                               CTA, one consumer warp each (h <= 16); producers
 //                                               stream the union of their blocks through a ring,
 //                                               consumers compute only their query's blocks
-//                   producers 4, 2            loading warps
-//                   stages  3, 4, 2, 5        ring depth in whole blocks
+//                   producers 2, 4, 1         loading warps
+//                   stages  5, 4, 3, 2        ring depth in whole blocks
 //   decode_stream   split   1, 4, 2           CTAs per (b, g, t) row, each a contiguous share of
 //                                               its visible blocks; > 1: the row's CTAs are one
 //                                               cluster merging through distributed shared
