@@ -36,13 +36,17 @@
 // the others as a CTA barrier per tile did. Consumers and producer take the blocks in the same
 // order, so the oldest unreleased block is always computable: no deadlock.
 //
-// Copies. The producers' lanes issue 16-byte cp.async copies of block j (each lane a fixed share
-// of its rows and chunks), and each lane's cp.async.mbarrier.arrive on full[s] (count: every
-// producer lane) fires when its copies have landed. Rows past the tile's largest visible limit
-// are copied from the block's first row: finite data that every consumer masks. Measured on the
-// H100 (docs/performance.md, v6): one producer warp moved only ~2 TB/s of union blocks, the
-// bottleneck of the whole kernel, hence several; TMA bulk copies of each 256-byte K/V row (one
-// cp.async.bulk per row) were 2x slower still, and are not offered.
+// Copies. The producers' lanes issue 16-byte cp.async copies of block j (block_copy.cuh: each
+// lane a fixed chunk column, rows a fixed pointer step apart), and each lane's
+// cp.async.mbarrier.arrive on full[s] (count: every producer lane) fires when its copies have
+// landed. Rows past the tile's largest visible limit are copied from the block's first row:
+// finite data that every consumer masks. Measured on the H100 (docs/performance.md, v6 and v7):
+// the producers' instruction stream bounded the kernel twice over. With a loop that divided each
+// copy index (~25 SASS instructions a copy) one producer warp moved ~2 TB/s of union blocks and
+// four were needed; with the lean copy (~3 a copy) the kernel got 1.13-1.25x faster and two
+// producers beat four (two more consumers, so two more queries sharing each block). TMA bulk
+// copies of each 256-byte K/V row (one cp.async.bulk per row) were 2x slower still, and are not
+// offered.
 //
 // Numerics are those of the other designs: scores scaled into the log2 domain, online softmax in
 // fp32, P rounded to the input dtype for P V, O normalised once at the end; a query that sees no
