@@ -59,6 +59,30 @@ __device__ __forceinline__ void add_weighted_chunk(float (&acc)[8], float w, con
   acc[7] += w * x1.w;
 }
 
+/// Merges W partial results of one row and 8-wide chunk of D_v: partial w has the row max m_w
+/// (log2 domain), the sum l_w and the unnormalised chunk O_w, at ml(w) = {m_w, l_w} and o(w)
+/// (8 floats, 16-byte aligned). Gives acc = sum_w 2^(m_w - m) O_w, l = sum_w 2^(m_w - m) l_w and
+/// m = max_w m_w; a partial with m_w = -inf (and l_w = 0, O_w = 0) weighs exactly nothing, and
+/// if all have, m = -inf, l = 0, acc = 0. The merge of the engine's column groups and of
+/// decode_stream's consumers.
+template <int W, class Ml, class O>
+__device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], float& m, float& l) {
+  m = NSA_NEG_INF;
+#pragma unroll
+  for (int w = 0; w < W; ++w) m = fmaxf(m, ml(w)[0]);
+  const float base = m == NSA_NEG_INF ? 0.f : m;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+  l = 0.f;
+#pragma unroll
+  for (int w = 0; w < W; ++w) {
+    const float wgt = fast_exp2(ml(w)[0] - base);
+    l += wgt * ml(w)[1];
+    const float4* src = reinterpret_cast<const float4*>(o(w));
+    add_weighted_chunk(acc, wgt, src[0], src[1]);
+  }
+}
+
 /// run()'s default skip rule: every warp computes every tile.
 struct ComputeEveryTile {
   __device__ __forceinline__ bool operator()(long long) const { return false; }
@@ -394,6 +418,24 @@ struct AttentionCore {
     }
   }
 
+  /// One-warp engines over a ring of whole blocks (prefill_stream, decode_stream): computes the
+  /// block in ring slot `slot` (BLK_ keys = BLK_ / TILE tiles from tile slot * BLK_ / TILE on),
+  /// of which only the first `vis` keys (1 <= vis <= BLK_) are visible to this warp's rows: the
+  /// tiles past them are skipped, the one they cut is masked.
+  template <int BLK_>
+  __device__ __forceinline__ void compute_block_prefix(int slot, int vis, float scale_log2) {
+    static_assert(BLK_ % TILE == 0, "a block is a whole number of compute steps");
+    constexpr int SUBS = BLK_ / TILE;
+#pragma unroll
+    for (int sub = 0; sub < SUBS; ++sub) {
+      if (sub * TILE >= vis) break;
+      compute_tile(slot * SUBS + sub, (sub + 1) * TILE <= vis, scale_log2, [&](int c0, int) {
+        const int left = vis - sub * TILE - c0;
+        return left <= 0 ? 0 : (left >= 16 ? 16 : left);
+      });
+    }
+  }
+
   /// Runs the whole pipeline over `ntiles` tiles numbered [first, first + ntiles). For tile i,
   /// `load(stage, i)` issues its copies (load_tile_async), `full(i)` says no key of it is masked
   /// for any row (it is asked by each warp, so an answer for the calling warp's rows and
@@ -461,21 +503,9 @@ struct AttentionCore {
     __syncthreads();
     for (int i = tid; i < rows * (DV / 8); i += THREADS) {
       const int r = i / (DV / 8), ch = i % (DV / 8);
-      float m = NSA_NEG_INF;
-#pragma unroll
-      for (int w = 0; w < WN; ++w) m = fmaxf(m, red_ml[(w * ROWS + r) * 2]);
-      const float base = m == NSA_NEG_INF ? 0.f : m;
-      float acc[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[e] = 0.f;
-      float l = 0.f;
-#pragma unroll
-      for (int w = 0; w < WN; ++w) {
-        const float wgt = fast_exp2(red_ml[(w * ROWS + r) * 2] - base);
-        l += wgt * red_ml[(w * ROWS + r) * 2 + 1];
-        const float4* src = reinterpret_cast<const float4*>(red_o + (w * ROWS + r) * RSTR + ch * 8);
-        add_weighted_chunk(acc, wgt, src[0], src[1]);
-      }
+      float acc[8], m, l;
+      merge_partials<WN>([&](int w) { return red_ml + (w * ROWS + r) * 2; },
+                         [&](int w) { return red_o + (w * ROWS + r) * RSTR + ch * 8; }, acc, m, l);
       emit(r, ch, acc, m, l);
     }
     __syncthreads();  // the merge buffer and the design's shared state may be reused next

@@ -1,8 +1,20 @@
-// The producer warps' copy of one selected block into a shared-memory ring stage, shared by the
-// streaming designs (prefill_stream, decode_stream).
+// The ring of whole blocks of the streaming designs (prefill_stream, decode_stream): its
+// barriers, and the producer warps' copy of one selected block into a stage.
 #pragma once
 
 #include "common.cuh"
+
+/// Initialises the ring's 2 * stages mbarriers (8 bytes each, full[s] at full0 + 8 s, empty[s] at
+/// empty0 + 8 s): full[s] completes when `copiers` producer lanes have arrived (each through
+/// cp.async.mbarrier.arrive, once its copies of the stage's block have landed), empty[s] when
+/// `consumers` consumer warps are past the block. Called by one thread; the CTA must synchronise
+/// before any other thread uses a barrier.
+__device__ __forceinline__ void init_ring(u32 full0, u32 empty0, int stages, u32 copiers, u32 consumers) {
+  for (int s = 0; s < stages; ++s) {
+    mbar_init(full0 + 8u * s, copiers);
+    mbar_init(empty0 + 8u * s, consumers);
+  }
+}
 
 /// Issues producer lane `pt`'s share, of LANES lanes, of the 16-byte cp.async copies of one
 /// operand (K or V) of a block: BLK rows of CH chunks from `src` (row r at src + r * stride

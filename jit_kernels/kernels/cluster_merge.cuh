@@ -14,6 +14,17 @@
 
 #include "attention_core.cuh"
 
+/// Writes chunk `ch` of head `i` of this CTA's partial (and m, l with chunk 0).
+__device__ __forceinline__ void store_partial_chunk(float* part, int i, int ch, const float (&acc)[8], float m, float l) {
+  float4* dst = reinterpret_cast<float4*>(part + i * DV + ch * 8);
+  dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+  if (ch == 0) {
+    part[H * DV + i] = m;
+    part[H * DV + H + i] = l;
+  }
+}
+
 /// Merges the row's SPLIT partials at `part` (this CTA's; the peers' at the same offset) and
 /// writes the row's O and LSE. Called by all THREADS threads of every CTA of the cluster, between
 /// two cluster_sync()s (the caller's: the first makes every partial visible, the second keeps the

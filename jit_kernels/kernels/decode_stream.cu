@@ -44,6 +44,7 @@
 // loop over the rest), block = 32 * (consumers + producers), dynamic shared memory =
 // nsa_layout::decode_stream_smem(...). No workspace.
 #include "block_copy.cuh"
+#include "cluster_merge.cuh"  // the cluster merge is compiled only where split > 1 calls it
 #include "selected_row.cuh"
 
 #if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_CONSUMERS) || !defined(NSA_KNOB_PRODUCERS) || \
@@ -58,7 +59,6 @@ constexpr int STAGES = NSA_KNOB_STAGES;
 constexpr int WARPS = CONSUMERS + PRODUCERS;
 constexpr int THREADS = WARPS * 32;
 constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
-constexpr int SUBS = BLK / CHUNK;                             // compute steps per block
 static_assert(H <= 16, "decode_stream computes a row's heads as the 16 rows of one MMA tile: h must be at most 16");
 static_assert(WARPS <= 8, "decode_stream keeps Q in registers: at most 8 warps (255 registers a thread)");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
@@ -67,7 +67,6 @@ static_assert(SPLIT >= 1 && SPLIT <= 8, "split must be in [1, 8] (a row's CTAs a
 #if NSA_KNOB_SPLIT > 1
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 #define NSA_DECODE_CLUSTER_DIMS __cluster_dims__(SPLIT, 1, 1)
-#include "cluster_merge.cuh"
 #else
 #error "decode_stream with split > 1 needs sm_90 or newer (thread-block clusters)"
 #endif
@@ -116,16 +115,8 @@ __device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long
     const int s = (int)(n % STAGES);
     mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
     if ((int)((j - first) % CONSUMERS) == c) {
-      const long long left = row.npos - j * BLK;
-      const int vis = left >= BLK ? BLK : (int)left;  // >= 1: the list holds visible blocks only
-#pragma unroll
-      for (int sub = 0; sub < SUBS; ++sub) {
-        if (sub * CHUNK >= vis) break;
-        core.compute_tile(s * SUBS + sub, (sub + 1) * CHUNK <= vis, scale_log2, [&](int c0, int) {
-          const int rest = vis - sub * CHUNK - c0;
-          return rest <= 0 ? 0 : (rest >= 16 ? 16 : rest);
-        });
-      }
+      const long long left = row.npos - j * BLK;  // >= 1: the list holds visible blocks only
+      core.compute_block_prefix<BLK>(s, left >= BLK ? BLK : (int)left, scale_log2);
       __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
     }
     if (lane == 0) mbar_arrive(empty0 + 8u * s);
@@ -176,12 +167,7 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
   float* merge_ml = merge_o + CONSUMERS * 16 * OSTR;
   const int warp = threadIdx.x >> 5;
 
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full0 + 8u * s, (u32)PRODUCERS * 32u);
-      mbar_init(empty0 + 8u * s, (u32)CONSUMERS);
-    }
-  }
+  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, (u32)PRODUCERS * 32u, (u32)CONSUMERS);
   // (The row build below synchronises the CTA before any barrier is used.)
 
   Core core;
@@ -239,30 +225,12 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
     for (int it = threadIdx.x; it < H * (DV / 8); it += THREADS) {
       const int i = it / (DV / 8), ch = it % (DV / 8);
-      float m = NSA_NEG_INF;
-#pragma unroll
-      for (int c = 0; c < CONSUMERS; ++c) m = fmaxf(m, merge_ml[(c * 16 + i) * 2]);
-      const float base = m == NSA_NEG_INF ? 0.f : m;
-      float acc[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[e] = 0.f;
-      float l = 0.f;
-#pragma unroll
-      for (int c = 0; c < CONSUMERS; ++c) {
-        // A consumer that computed nothing has m = -inf, l = 0 and O = 0: weight 0, exactly.
-        const float w = fast_exp2(merge_ml[(c * 16 + i) * 2] - base);
-        l += w * merge_ml[(c * 16 + i) * 2 + 1];
-        const float4* src = reinterpret_cast<const float4*>(merge_o + (c * 16 + i) * OSTR + ch * 8);
-        add_weighted_chunk(acc, w, src[0], src[1]);
-      }
+      // A consumer that computed nothing has m = -inf, l = 0 and O = 0: it weighs nothing.
+      float acc[8], m, l;
+      merge_partials<CONSUMERS>([&](int c) { return merge_ml + (c * 16 + i) * 2; },
+                                [&](int c) { return merge_o + (c * 16 + i) * OSTR + ch * 8; }, acc, m, l);
       if constexpr (SPLIT > 1) {
-        float4* dst = reinterpret_cast<float4*>(part + i * DV + ch * 8);
-        dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-        dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
-        if (ch == 0) {
-          part[H * DV + i] = m;
-          part[H * DV + H + i] = l;
-        }
+        store_partial_chunk(part, i, ch, acc, m, l);
       } else {
         store_output_chunk(o_rows + (long long)i * DV,
                            lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch, acc, m, l);

@@ -73,7 +73,6 @@ constexpr int QTILE = WARPS - PRODUCERS;  // consumer warps: queries per CTA
 constexpr int STAGES = NSA_KNOB_STAGES;
 constexpr int THREADS = WARPS * 32;
 constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
-constexpr int SUBS = BLK / CHUNK;                             // compute steps per block
 static_assert(H <= 16, "prefill_stream gives each query one warp of 16 MMA rows: h must be at most 16");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
 static_assert(QTILE >= 1 && PRODUCERS >= 1, "prefill_stream needs a consumer and a producer warp");
@@ -123,15 +122,8 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
       if (lane == 0) mbar_arrive(empty0 + 8u * s);
       continue;
     }
-    const int vis = visible_in_block(un.ulist[j], lim_q);  // >= 1: the union holds visible blocks only
-#pragma unroll
-    for (int sub = 0; sub < SUBS; ++sub) {
-      if (sub * CHUNK >= vis) break;
-      core.compute_tile(s * SUBS + sub, (sub + 1) * CHUNK <= vis, scale_log2, [&](int c0, int) {
-        const int left = vis - sub * CHUNK - c0;
-        return left <= 0 ? 0 : (left >= 16 ? 16 : left);
-      });
-    }
+    // vis >= 1: the union holds visible blocks only.
+    core.compute_block_prefix<BLK>(s, visible_in_block(un.ulist[j], lim_q), scale_log2);
     __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
     if (lane == 0) mbar_arrive(empty0 + 8u * s);
   }
@@ -174,12 +166,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
   elem_t* v_ring = k_ring + STAGES * BLK * KSTR;
   const int warp = threadIdx.x >> 5;
 
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full0 + 8u * s, (u32)PRODUCERS * 32u);
-      mbar_init(empty0 + 8u * s, (u32)QTILE);
-    }
-  }
+  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, (u32)PRODUCERS * 32u, (u32)QTILE);
   // (The union build below synchronises the CTA before any barrier is used.)
 
   Core core;

@@ -136,13 +136,7 @@ __device__ __forceinline__ void split_rows_in_cluster(const SelectionParams& p, 
     if (last > first) {
       attend_selected_row(core, row, p, r, first, last - first,
                           [&](int i, int ch, const float (&acc)[8], float m, float l) {
-                            float4* dst = reinterpret_cast<float4*>(part + i * DV + ch * 8);
-                            dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-                            dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
-                            if (ch == 0) {
-                              part[H * DV + i] = m;
-                              part[H * DV + H + i] = l;
-                            }
+                            store_partial_chunk(part, i, ch, acc, m, l);
                           });
     } else {
       for (int i = threadIdx.x; i < H; i += Core::THREADS) part[H * DV + i] = NSA_NEG_INF;
