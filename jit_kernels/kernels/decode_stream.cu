@@ -5,12 +5,14 @@
 // share every tile: each warp owns 16-32 keys of it, a CTA barrier separates tiles, and the next
 // tile's copies are issued by the same warps between two tiles' math. On the H100 at B=16 (ncu,
 // docs/performance.md v7) such a CTA spent ~60% of its cycles issuing or waiting on its own
-// instructions (one warp per scheduler, 5.3 cycles per instruction; the load issue alone was 37%
-// of the instructions), while DRAM ran at 52% of its peak: the SMs could not consume blocks as
-// fast as memory delivered them. Here the copies have their own warps, each consumer warp takes
-// whole blocks (a 64-key block is one compute step, with 8 independent MMA chains for S and 16 for
-// P V) and consumers work on different blocks at once, so a CTA keeps CONSUMERS blocks in
-// computation and the rest of the ring in flight, with no CTA barrier between blocks.
+// instructions, one warp per scheduler, 37% of them issuing copies. Here the copies have their own
+// warps, each consumer warp takes whole blocks (a 64-key block is one compute step: 673 SASS
+// instructions, against 664 per warp per 16 keys in split_kv) and consumers work on different
+// blocks at once, with no CTA barrier between blocks. What it bought, measured: at B=16 the same
+// time as split_kv (20.4 vs 20.5 us) with half the CTAs, because the stream then already runs at
+// the copy rate and the rest is fixed (launch, the dependent block-id read, the last blocks and
+// the merge: a %globaltimer timeline in v7); it is the fastest setting at B=16 (both configs) and
+// for the paper config at B=128, and within 2% elsewhere in decode.
 //
 // Work. A row (b, g, t) is split into SPLIT shares of its visible blocks (the compacted list of
 // selected_row.cuh: wholly visible blocks, then the one cut by the causal limit or T_kv); share s
@@ -37,9 +39,11 @@
 // writes O = 0 and LSE = -inf. Rows of a block past the row's visible limit are copied from the
 // block's first row (finite data, never past T_kv) and masked.
 //
-// Knobs: NSA_KNOB_SPLIT (1, 2, 4, 8; > 1 needs sm_90 clusters), NSA_KNOB_CONSUMERS (2, 4, 6),
-// NSA_KNOB_PRODUCERS (1, 2), NSA_KNOB_STAGES (2..6: ring depth in whole blocks). consumers +
-// producers <= 8 warps, so a thread may use 255 registers (layout.cuh's stream register plan).
+// Knobs: NSA_KNOB_SPLIT (1..8; > 1 needs sm_90 clusters), NSA_KNOB_CONSUMERS, NSA_KNOB_PRODUCERS
+// (consumers + producers <= 8 warps, so a thread may use 255 registers: layout.cuh's stream
+// register plan), NSA_KNOB_STAGES (2..8: ring depth in whole blocks). The catalog offers split
+// {1, 4, 2}, consumers {4, 2, 6}, producers {2}, stages {4, 3, 2, 5}: the values that won
+// somewhere among 84 settings measured on the H100.
 // Needs h <= 16. Launch: grid.x = min(rows * SPLIT, the largest multiple of SPLIT <= 2^31-1) (CTAs
 // loop over the rest), block = 32 * (consumers + producers), dynamic shared memory =
 // nsa_layout::decode_stream_smem(...). No workspace.
