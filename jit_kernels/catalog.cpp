@@ -58,8 +58,13 @@ const std::vector<Knob>& knobs_of(Design d) {
   // config (its 192-wide K rows take more copies); every extra stage up to 5 gained 3-13%, and
   // a sixth (Q in registers to make room) lost more than it gained. The preferred values are the
   // D = 128 winners, so an untuned family starts from them; 4 warps fit two CTAs per SM.
+  // tma = 1 (sm_90 and newer, D_qk and D_v multiples of 64) fills the ring with the tensor
+  // memory accelerator instead: one thread of the one producer warp issues a bulk tensor copy
+  // per 64-element panel of a block into 128-byte-swizzled, unpadded slots, so the copies cost no
+  // warps, no instruction stream and no padding. It comes first, so that where it exists the
+  // default setting uses it (odometer order: its first valid setting is tma1 with producers 1).
   static const std::vector<Knob> stream = {
-      {"warps", {12, 16, 8, 4}}, {"producers", {2, 4, 1}}, {"stages", {5, 4, 3, 2}}};
+      {"tma", {1, 0}}, {"warps", {12, 16, 8, 4}}, {"producers", {2, 4, 1}}, {"stages", {5, 4, 3, 2}}};
   // decode_stream: a row's blocks split over `split` CTAs (a cluster when > 1), each streaming
   // its share through a ring of `stages` whole blocks with `producers` loading warps, while
   // `consumers` warps compute a block each. consumers + producers <= 8 keeps Q and a whole
@@ -68,8 +73,13 @@ const std::vector<Knob>& knobs_of(Design d) {
   // one producer and 6 stages never did): split 1 at B >= 16, where a row's 16 blocks already
   // keep HBM busy, split 4 at B = 1; decode_stream_problem() prunes splits beyond a full row's
   // blocks and rings deeper than a CTA's share.
-  static const std::vector<Knob> decode = {
-      {"split", {1, 4, 2}}, {"consumers", {4, 2, 6}}, {"producers", {2}}, {"stages", {4, 3, 2, 5}}};
+  // tma = 1 as in prefill_stream (one producer warp whose one thread copies each block as the
+  // TMA's panels).
+  static const std::vector<Knob> decode = {{"tma", {1, 0}},
+                                           {"split", {1, 4, 2}},
+                                           {"consumers", {4, 2, 6}},
+                                           {"producers", {2, 1}},
+                                           {"stages", {4, 3, 2, 5}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
@@ -124,10 +134,11 @@ std::int64_t engine_smem(const KernelVariant& v) {
     case Design::prefill_shared:
       return L::prefill_shared_smem(s.d_qk, s.d_v, s.h, s.n, knob_value(v, "qtile"), warps, tile, stages);
     case Design::prefill_stream:
-      return L::prefill_stream_smem(s.d_qk, s.d_v, s.n, s.block, warps, knob_value(v, "producers"), stages);
+      return L::prefill_stream_smem(s.d_qk, s.d_v, s.n, s.block, warps, knob_value(v, "producers"), stages,
+                                    knob_value(v, "tma"));
     case Design::decode_stream:
       return L::decode_stream_smem(s.d_qk, s.d_v, s.h, s.n, s.block, knob_value(v, "consumers"), stages,
-                                   knob_value(v, "split"));
+                                   knob_value(v, "split"), knob_value(v, "tma"));
   }
   return 0;
 }
@@ -167,6 +178,23 @@ std::string split_kv_problem(const KernelVariant& v) {
   return "";
 }
 
+/// Why the tma knob of a streaming design (prefill_stream, decode_stream) cannot be 1 with these
+/// settings, or "" when it can (or is 0). One thread issues every copy of a block, so the design
+/// has one producer warp; the copies are 128-byte-swizzled boxes 64 elements wide.
+std::string stream_tma_problem(const KernelVariant& v) {
+  if (knob_value(v, "tma") != 1) return "";
+  if (arch_number(v.arch) < 90)
+    return "tma=1 copies blocks with the tensor memory accelerator (sm_90 or newer); " + v.arch +
+           " has none: use tma=0";
+  if (v.spec.d_qk % 64 != 0 || v.spec.d_v % 64 != 0)
+    return "tma=1 copies 64-element panels (128-byte swizzle), and D_qk=" + std::to_string(v.spec.d_qk) +
+           ", D_v=" + std::to_string(v.spec.d_v) + " are not both multiples of 64: use tma=0";
+  if (knob_value(v, "producers") != 1)
+    return "tma=1 issues every copy from one thread of one producer warp; producers=" +
+           std::to_string(knob_value(v, "producers")) + " would leave warps idle: use producers=1";
+  return "";
+}
+
 /// Why a prefill_stream setting cannot run, or "" when it can. Its warps are producers and one
 /// consumer per query, each consumer a one-warp engine of 16 rows: no engine arrangement to
 /// check, but h must fit those rows. Registers (layout.cuh's register plan): a consumer holds O
@@ -182,6 +210,7 @@ std::string prefill_stream_problem(const KernelVariant& v) {
   if (producers >= warps)
     return "producers=" + std::to_string(producers) + " of warps=" + std::to_string(warps) +
            " leave no consumer warp: use fewer producers or more warps";
+  if (std::string problem = stream_tma_problem(v); !problem.empty()) return problem;
   const int regs = s.d_v / 2 + L::stream_chunk(warps, s.block) / 2 +
                    (L::stream_q_in_registers(warps) ? s.d_qk / 4 : 0) + 40;
   const int budget = L::stream_register_budget(warps);
@@ -208,6 +237,10 @@ std::string decode_stream_problem(const KernelVariant& v) {
   const int split = knob_value(v, "split"), consumers = knob_value(v, "consumers"),
             producers = knob_value(v, "producers"), stages = knob_value(v, "stages");
   const int warps = consumers + producers;
+  if (std::string problem = stream_tma_problem(v); !problem.empty()) return problem;
+  if (knob_value(v, "tma") == 0 && producers == 1)
+    return "producers=1 with cp.async copies (tma=0) never won on the H100 (docs/performance.md, v7): use "
+           "producers=2";
   if (warps > 8)
     return "consumers=" + std::to_string(consumers) + " and producers=" + std::to_string(producers) +
            " make more than 8 warps; a consumer keeps Q and a block's scores in registers, which needs the 255 "
@@ -384,6 +417,18 @@ unsigned shared_bytes_for(const KernelVariant& v) {
   }
 }
 
+namespace {
+
+/// The tensor maps a streaming design's launch takes: K's and V's, boxes of one block, when tma = 1.
+std::vector<TensorMapArg> stream_tensor_maps(const KernelVariant& v) {
+  if (knob_value(v, "tma") != 1) return {};
+  const auto rows = static_cast<unsigned>(v.spec.block);
+  return {TensorMapArg{TensorMapArg::Operand::k, static_cast<unsigned>(v.spec.d_qk), rows},
+          TensorMapArg{TensorMapArg::Operand::v, static_cast<unsigned>(v.spec.d_v), rows}};
+}
+
+}  // namespace
+
 LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
   if (std::string problem = setting_problem(v); !problem.empty())
     throw std::invalid_argument("no launch plan for " + v.key() + ": " + problem);
@@ -436,7 +481,9 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
     case Design::prefill_stream: {
       const int qtile = knob_value(v, "warps") - knob_value(v, "producers");  // consumer warps, a query each
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
-      plan.launches.push_back(launch("nsa_prefill_stream", items, engine_threads, engine_smem(v)));
+      Launch l = launch("nsa_prefill_stream", items, engine_threads, engine_smem(v));
+      l.tensor_maps = stream_tensor_maps(v);
+      plan.launches.push_back(l);
       break;
     }
     case Design::decode_stream: {
@@ -446,6 +493,7 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       const unsigned threads = 32u * static_cast<unsigned>(knob_value(v, "consumers") + knob_value(v, "producers"));
       Launch l = launch("nsa_decode_stream", rows * split, threads, engine_smem(v));
       l.grid[0] = static_cast<unsigned>(std::min<std::int64_t>(rows * split, kMaxGrid / split * split));
+      l.tensor_maps = stream_tensor_maps(v);
       plan.launches.push_back(l);
       break;
     }

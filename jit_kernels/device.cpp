@@ -166,6 +166,14 @@ LoadedDriver load() {
   resolve("cuEventRecord", api.event_record);
   resolve("cuEventSynchronize", api.event_synchronize);
   resolve("cuEventElapsedTime", api.event_elapsed_time);
+  {
+    // Optional: resolved when present, never counted as missing (see DriverApi).
+    void* fn = nullptr;
+    CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SUCCESS;
+    if (get_proc("cuTensorMapEncodeTiled", &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &status) == CUDA_SUCCESS &&
+        status == CU_GET_PROC_ADDRESS_SUCCESS && fn)
+      api.tensor_map_encode_tiled = reinterpret_cast<decltype(api.tensor_map_encode_tiled)>(fn);
+  }
   if (!missing.empty()) {
     out.problem = "the NVIDIA driver (version " + std::to_string(out.driver_version) +
                   ") lacks entry points this build needs (" + missing + "); update the driver to CUDA " +

@@ -303,6 +303,48 @@ DriverResult<float> Event::elapsed_ms(const Event& start, const Event& end) {
 
 // Launching --------------------------------------------------------------------------------------
 
+DriverResult<CUtensorMap> encode_tensor_map(const TensorMapArg& arg, const SelectionParams& params,
+                                            const std::string& variant) {
+  const bool is_k = arg.operand == TensorMapArg::Operand::k;
+  const std::string what = std::string("the tensor map of ") + (is_k ? "K" : "V");
+  if (!api().tensor_map_encode_tiled)
+    return fail("cuTensorMapEncodeTiled", CUDA_ERROR_NOT_SUPPORTED, variant,
+                "this driver has no cuTensorMapEncodeTiled (CUDA 12 or newer): a tma=1 variant cannot run here; use "
+                "its tma=0 setting");
+  const nsa_u64 base = is_k ? params.k : params.v;
+  constexpr std::int64_t kMaxCoord = 2147483647;  // the kernels' coordinates are int32
+  if (arg.dim == 0 || arg.dim % 64 != 0 || arg.box_rows == 0 || arg.box_rows > 256)
+    return fail("cuTensorMapEncodeTiled", CUDA_ERROR_INVALID_VALUE, variant,
+                what + ": D=" + std::to_string(arg.dim) + " and box rows " + std::to_string(arg.box_rows) +
+                    " are not a 64-element multiple and a box of 1..256 rows");
+  if (base % 16 != 0)
+    return fail("cuTensorMapEncodeTiled", CUDA_ERROR_INVALID_VALUE, variant,
+                what + ": its base address is not 16-byte aligned (the spec requires it)");
+  if (params.t_kv < 1 || params.t_kv > kMaxCoord || params.batch < 1 || params.batch > kMaxCoord ||
+      params.h_kv < 1 || params.h_kv > kMaxCoord)
+    return fail("cuTensorMapEncodeTiled", CUDA_ERROR_INVALID_VALUE, variant,
+                what + ": B=" + std::to_string(params.batch) + ", T_kv=" + std::to_string(params.t_kv) +
+                    ", H_kv=" + std::to_string(params.h_kv) +
+                    " must each lie in [1, 2^31 - 1] for the TMA's coordinates: use a tma=0 variant");
+  const cuuint64_t d = arg.dim;
+  const cuuint64_t dims[4] = {d, static_cast<cuuint64_t>(params.h_kv), static_cast<cuuint64_t>(params.t_kv),
+                              static_cast<cuuint64_t>(params.batch)};
+  const cuuint64_t strides[3] = {2 * d, 2 * d * dims[1], 2 * d * dims[1] * dims[2]};  // bytes, dims 1..3
+  const cuuint32_t box[4] = {64, 1, arg.box_rows, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  CUresult r = api().tensor_map_encode_tiled(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, reinterpret_cast<void*>(base),
+                                             dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    return fail("cuTensorMapEncodeTiled", r, variant,
+                what + " {" + std::to_string(dims[0]) + ", " + std::to_string(dims[1]) + ", " +
+                    std::to_string(dims[2]) + ", " + std::to_string(dims[3]) + "}, box {64, 1, " +
+                    std::to_string(arg.box_rows) + ", 1}");
+  return map;
+}
+
 DriverResult<PreparedPlan> PreparedPlan::prepare(const Module& module, const LaunchPlan& plan) {
   PreparedPlan p;
   p.m_plan = plan;
@@ -344,9 +386,21 @@ DriverResult<void> PreparedPlan::launch_one(std::size_t index, const SelectionPa
     return fail("cuLaunchKernel", CUDA_ERROR_INVALID_VALUE, m_variant,
                 "the plan needs " + std::to_string(m_plan.workspace_bytes) +
                     " bytes of workspace but params.workspace is 0");
-  // Every kernel takes the parameter block by value as its only argument.
-  void* args[] = {const_cast<SelectionParams*>(&params)};
+  // Every kernel takes the parameter block by value first, then its tensor maps (TMA variants).
   const auto& l = m_plan.launches[index];
+  constexpr std::size_t kMaxMaps = 4;
+  if (l.tensor_maps.size() > kMaxMaps)
+    return fail("cuLaunchKernel", CUDA_ERROR_INVALID_VALUE, m_variant,
+                "entry '" + l.entry + "' asks for " + std::to_string(l.tensor_maps.size()) +
+                    " tensor maps; a launch takes at most " + std::to_string(kMaxMaps));
+  CUtensorMap maps[kMaxMaps];
+  void* args[1 + kMaxMaps] = {const_cast<SelectionParams*>(&params)};
+  for (std::size_t i = 0; i < l.tensor_maps.size(); ++i) {
+    auto m = encode_tensor_map(l.tensor_maps[i], params, m_variant);
+    if (!m) return std::unexpected(m.error());
+    maps[i] = *m;
+    args[1 + i] = &maps[i];
+  }
   CUresult r = api().launch_kernel(m_functions[index], l.grid[0], l.grid[1], l.grid[2], l.block[0], l.block[1],
                                    l.block[2], l.shared_bytes, stream.handle(), args, nullptr);
   if (r != CUDA_SUCCESS) return fail("cuLaunchKernel", r, m_variant, "entry '" + l.entry + "'");

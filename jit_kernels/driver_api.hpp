@@ -52,6 +52,9 @@ struct DriverApi {
   decltype(&::cuEventRecord) event_record = nullptr;
   decltype(&::cuEventSynchronize) event_synchronize = nullptr;
   decltype(&::cuEventElapsedTime) event_elapsed_time = nullptr;
+  // Optional (null when the driver lacks it): only launches of TMA variants need it, and they
+  // fail with a clear error without it.
+  decltype(&::cuTensorMapEncodeTiled) tensor_map_encode_tiled = nullptr;
 };
 
 /// The loaded, initialised driver: `api` is fully resolved and cuInit(0) succeeded, or

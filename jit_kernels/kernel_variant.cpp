@@ -23,6 +23,8 @@ std::string_view to_string(Design d) {
   return "unknown";
 }
 
+std::string_view to_string(TensorMapArg::Operand o) { return o == TensorMapArg::Operand::k ? "k" : "v"; }
+
 bool is_sparse(Design d) {
   return d == Design::query_outer || d == Design::split_kv || d == Design::prefill_shared ||
          d == Design::prefill_stream || d == Design::decode_stream;

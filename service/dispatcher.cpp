@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "nsa/jit/catalog.hpp"
+#include "nsa/tuner/plan_json.hpp"
 
 namespace nsa::service {
 namespace {
@@ -79,8 +80,6 @@ std::string base_arch(const std::string& arch) {
   return arch;
 }
 
-nlohmann::json dims(const unsigned (&d)[3]) { return nlohmann::json::array({d[0], d[1], d[2]}); }
-
 Decision untuned(const std::string& arch, const std::string& family, const api::Point& point,
                  const std::string& target) {
   Decision d;
@@ -103,11 +102,7 @@ std::expected<nlohmann::json, std::string> launch_json(const std::string& varian
   } catch (const std::exception& e) {
     return std::unexpected(std::string("no launch plan: ") + e.what());
   }
-  nlohmann::json launches = nlohmann::json::array();
-  for (const auto& l : plan.launches)
-    launches.push_back(nlohmann::json{{"entry", l.entry}, {"grid", dims(l.grid)}, {"block", dims(l.block)},
-                                      {"shared_bytes", l.shared_bytes}});
-  return nlohmann::json{{"launches", std::move(launches)}, {"workspace_bytes", plan.workspace_bytes}};
+  return tuner::plan_to_json(plan);
 }
 
 std::size_t Snapshot::verdict_count() const {

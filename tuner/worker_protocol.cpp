@@ -3,6 +3,8 @@
 
 #include "nsa/tuner/worker_protocol.hpp"
 
+#include "nsa/tuner/plan_json.hpp"
+
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -90,16 +92,6 @@ class Reader {
 
 json number(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
 
-json plan_to_json(const jit::LaunchPlan& plan) {
-  json launches = json::array();
-  for (const auto& l : plan.launches)
-    launches.push_back({{"entry", l.entry},
-                        {"grid", {l.grid[0], l.grid[1], l.grid[2]}},
-                        {"block", {l.block[0], l.block[1], l.block[2]}},
-                        {"shared_bytes", l.shared_bytes}});
-  return {{"launches", std::move(launches)}, {"workspace_bytes", plan.workspace_bytes}};
-}
-
 void read_dims(const Reader& r, const char* key, unsigned (&out)[3]) {
   const json& a = r.arr(key);
   if (a.size() != 3) throw FieldError(r.where(key) + ": expected 3 dimensions");
@@ -123,6 +115,21 @@ jit::LaunchPlan plan_from(const Reader& r) {
     const std::uint64_t shared = l.u64("shared_bytes");
     if (shared > 0xFFFFFFFFull) throw FieldError(l.where("shared_bytes") + ": out of range");
     launch.shared_bytes = static_cast<unsigned>(shared);
+    if (l.has("tensor_maps")) {
+      const json& maps = l.arr("tensor_maps");
+      for (std::size_t m = 0; m < maps.size(); ++m) {
+        Reader t(maps[m], l.where("tensor_maps") + "[" + std::to_string(m) + "]");
+        jit::TensorMapArg arg;
+        const std::string operand = t.str("operand");
+        if (operand != "k" && operand != "v") throw FieldError(t.where("operand") + ": expected \"k\" or \"v\"");
+        arg.operand = operand == "k" ? jit::TensorMapArg::Operand::k : jit::TensorMapArg::Operand::v;
+        const std::uint64_t dim = t.u64("dim"), rows = t.u64("box_rows");
+        if (dim > 0xFFFFFFFFull || rows > 0xFFFFFFFFull) throw FieldError(t.where("dim") + ": out of range");
+        arg.dim = static_cast<unsigned>(dim);
+        arg.box_rows = static_cast<unsigned>(rows);
+        launch.tensor_maps.push_back(arg);
+      }
+    }
     plan.launches.push_back(std::move(launch));
   }
   return plan;
@@ -161,6 +168,24 @@ bool same_number(double a, double b) { return a == b || (std::isnan(a) && std::i
 
 }  // namespace
 
+json plan_to_json(const jit::LaunchPlan& plan) {
+  json launches = json::array();
+  for (const auto& l : plan.launches) {
+    json launch = {{"entry", l.entry},
+                   {"grid", {l.grid[0], l.grid[1], l.grid[2]}},
+                   {"block", {l.block[0], l.block[1], l.block[2]}},
+                   {"shared_bytes", l.shared_bytes}};
+    if (!l.tensor_maps.empty()) {
+      json maps = json::array();
+      for (const auto& m : l.tensor_maps)
+        maps.push_back({{"operand", std::string(jit::to_string(m.operand))}, {"dim", m.dim}, {"box_rows", m.box_rows}});
+      launch["tensor_maps"] = std::move(maps);
+    }
+    launches.push_back(std::move(launch));
+  }
+  return {{"launches", std::move(launches)}, {"workspace_bytes", plan.workspace_bytes}};
+}
+
 // Repetitions ----------------------------------------------------------------------------------
 
 std::optional<std::string> Repetitions::validate() const {
@@ -184,7 +209,7 @@ bool JobVariant::operator==(const JobVariant& o) const {
       const auto &x = a.launches[i], &y = b.launches[i];
       for (int d = 0; d < 3; ++d)
         if (x.grid[d] != y.grid[d] || x.block[d] != y.block[d]) return false;
-      if (x.entry != y.entry || x.shared_bytes != y.shared_bytes) return false;
+      if (x.entry != y.entry || x.shared_bytes != y.shared_bytes || x.tensor_maps != y.tensor_maps) return false;
     }
     return true;
   };

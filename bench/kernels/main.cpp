@@ -46,6 +46,7 @@ struct Options {
   std::string pattern = "both";
   std::string designs;
   std::string exclude_designs;
+  std::string variants;  // comma-separated substrings of variant keys: time only the matching ones
   bool defaults_only = false;
   bool baseline_defaults_only = false;
   bool with_reference = false;
@@ -228,6 +229,9 @@ int main(int argc, char** argv) {
   app.add_option("--pattern", opt.pattern, "random, clustered or both")->check(CLI::IsMember({"random", "clustered", "both"}));
   app.add_option("--designs", opt.designs, "comma-separated designs to time (default: the baseline and every sparse design)");
   app.add_option("--exclude-designs", opt.exclude_designs, "comma-separated designs not to time");
+  app.add_option("--variants", opt.variants,
+                 "comma-separated substrings of variant keys (like 'tma1_warps12,split1_'): time only the variants "
+                 "whose key contains one of them (the SDPA baseline and the reference are not filtered)");
   app.add_flag("--defaults-only", opt.defaults_only, "time only each design's default knobs");
   app.add_flag("--baseline-defaults-only", opt.baseline_defaults_only,
                "time only the default knobs of the sdpa_packed baseline (every setting of the others)");
@@ -251,6 +255,13 @@ int main(int argc, char** argv) {
   if (opt.pattern != "clustered") patterns.push_back(jit::SelectionPattern::random);
   if (opt.pattern != "random") patterns.push_back(jit::SelectionPattern::clustered);
   auto designs = parse_designs(opt.designs, opt.with_reference);
+  std::vector<std::string> filters;
+  {
+    std::stringstream in(opt.variants);
+    std::string f;
+    while (std::getline(in, f, ','))
+      if (!f.empty()) filters.push_back(f);
+  }
   for (auto excluded : parse_designs(opt.exclude_designs, true, false))
     std::erase(designs, excluded);
   if (opt.seed == 0) opt.seed = static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
@@ -321,6 +332,11 @@ int main(int argc, char** argv) {
       auto offered = jit::variants_for(family, dev.arch, d);
       if (offered.empty()) continue;
       if (opt.defaults_only || (opt.baseline_defaults_only && d == jit::Design::sdpa_packed)) offered.resize(1);
+      if (!filters.empty() && jit::is_sparse(d))
+        std::erase_if(offered, [&](const jit::KernelVariant& v) {
+          return std::none_of(filters.begin(), filters.end(),
+                              [&](const std::string& f) { return v.key().find(f) != std::string::npos; });
+        });
       variants.insert(variants.end(), offered.begin(), offered.end());
     }
     const auto reference_variant = jit::default_variant(jit::Design::reference, family, dev.arch);

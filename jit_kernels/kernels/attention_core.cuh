@@ -39,6 +39,16 @@
 // when all 32 lanes say so (one vote), so the branch is warp-uniform by construction. Designs
 // that pass no rule get ComputeEveryTile: no vote, no branch, their SASS is unchanged.
 //
+// Swizzled rings (optional). With SWIZZLED the K/V stages are not padded rows but the layout the
+// tensor memory accelerator writes with 128-byte swizzle (the TMA variants of the streaming
+// designs): a ring slot holds one whole block of BLK keys, K as D_qk/64 panels of [BLK][64]
+// elements and V as D_v/64 panels, each row of a panel 128 bytes whose eight 16-byte chunks are
+// permuted by chunk ^ (row % 8); panels start 1024-byte aligned, so the permutation is the TMA's.
+// An ldmatrix phase reads 8 consecutive rows at one logical chunk, which the permutation spreads
+// over 8 different chunks: conflict-free, with no padding. compute_tile's `stage` is then a
+// TILE-key step of the ring: slot stage / (BLK / TILE), rows from (stage % (BLK / TILE)) * TILE.
+// Q stays in padded rows.
+//
 // L2 hint. With EVICT_FIRST the K/V tile copies carry an evict-first L2 policy: right for a
 // stream read once (decode), wrong where neighbouring rows re-read the same blocks (prefill),
 // so it is a design knob and the tuner decides. Q copies never carry it.
@@ -96,7 +106,8 @@ struct SkipsNothing<ComputeEveryTile> {
   static constexpr bool value = true;
 };
 
-template <int MT, int WARPS, int TILE, int STAGES, bool EVICT_FIRST = false, int Q_REGS_MAX = 192>
+template <int MT, int WARPS, int TILE, int STAGES, bool EVICT_FIRST = false, int Q_REGS_MAX = 192,
+          bool SWIZZLED = false>
 struct AttentionCore {
   static constexpr int WM = nsa_layout::warps_m(MT, WARPS);
   static constexpr int WN = nsa_layout::warps_n(MT, WARPS);
@@ -121,6 +132,8 @@ struct AttentionCore {
 
   static_assert(nsa_layout::core_valid(MT, WARPS, TILE), "invalid engine arrangement (see layout.cuh)");
   static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
+  static_assert(!SWIZZLED || (WARPS == 1 && DQK % 64 == 0 && DV % 64 == 0 && BLK % TILE == 0),
+                "a swizzled ring is read by one-warp engines, in whole 64-element panels, TILE-key steps of a block");
   static_assert(ROWS <= nsa_layout::kMaxRows, "at most 128 rows per CTA");
 
   elem_t* q_s;
@@ -286,14 +299,43 @@ struct AttentionCore {
   __device__ __forceinline__ int warp_row0() const { return wm * WARP_ROWS; }
   __device__ __forceinline__ int warp_col0() const { return wn * TKW; }
 
+  /// Shared address of 16-byte chunk `c16` (dims 8 c16 .. 8 c16 + 7) of row `row` (counted from
+  /// the step's first key) of TILE-key step `stage` of a swizzled ring whose operand rows have
+  /// `D` elements (see "Swizzled rings"). Every caller's row is its lane modulo 8 (the steps
+  /// and the ldmatrix row groups start at multiples of 8), which is what the chunk is permuted by.
+  __device__ __forceinline__ u32 swizzled_addr(const elem_t* ring, int D, int stage, int row, int c16) const {
+    constexpr int SUBS = BLK / TILE;
+    const u32 slot = smem_addr(ring) + (u32)(stage / SUBS) * (u32)(BLK * D * 2);
+    const int r = (stage % SUBS) * TILE + row;
+    return slot + (u32)((c16 >> 3) * BLK * 128 + r * 128 + (((c16 & 7) ^ (lane & 7)) << 4));
+  }
+
   /// Computes one tile that has landed in `stage`. When `full` is false, `valid(c0, row)` gives
   /// how many of the 16 keys at tile columns [c0, c0+16) row `row` may see: a prefix length in
   /// [0, 16] (keys of a 16-aligned chunk are consecutive, blocks being >= 16 keys).
   template <class Valid>
   __device__ __forceinline__ void compute_tile(int stage, bool full, float scale_log2, Valid valid) {
-    const elem_t* ks = k_s + stage * TILE * KSTR;
-    const elem_t* vs = v_s + stage * TILE * VSTR;
     const int col0 = wn * TKW;
+    // Shared address of the ldmatrix row this lane names: K rows col0 + np*16 + (lane & 7) +
+    // (lane >> 4) * 8 at dims kk*16 + ((lane >> 3) & 1) * 8; V rows col0 + kc*16 + (lane & 7) +
+    // ((lane >> 3) & 1) * 8 at dims dp*16 + (lane >> 4) * 8.
+    auto k_row_addr = [&](int np, int kk) -> u32 {
+      if constexpr (SWIZZLED) {
+        return swizzled_addr(k_s, DQK, stage, col0 + np * 16 + (lane & 7) + (lane >> 4) * 8,
+                             kk * 2 + ((lane >> 3) & 1));
+      } else {
+        return smem_addr(k_s + stage * TILE * KSTR + (col0 + np * 16 + (lane & 7) + (lane >> 4) * 8) * KSTR + kk * 16 +
+                         ((lane >> 3) & 1) * 8);
+      }
+    };
+    auto v_row_addr = [&](int kc, int dp) -> u32 {
+      if constexpr (SWIZZLED) {
+        return swizzled_addr(v_s, DV, stage, col0 + kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 2 + (lane >> 4));
+      } else {
+        return smem_addr(v_s + stage * TILE * VSTR + (col0 + kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VSTR +
+                         dp * 16 + (lane >> 4) * 8);
+      }
+    };
 
     float s[MTW][TKW / 8][4];
 #pragma unroll
@@ -321,9 +363,7 @@ struct AttentionCore {
 #pragma unroll
       for (int np = 0; np < TKW / 16; ++np) {
         u32 b[4];
-        const int krow = col0 + np * 16 + (lane & 7) + (lane >> 4) * 8;
-        const int kcol = kk * 16 + ((lane >> 3) & 1) * 8;
-        ldsm_x4(b, smem_addr(ks + krow * KSTR + kcol));
+        ldsm_x4(b, k_row_addr(np, kk));
 #pragma unroll
         for (int mt = 0; mt < MTW; ++mt) {
           mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
@@ -404,11 +444,10 @@ struct AttentionCore {
         pa[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
         pa[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
       }
-      const int vrow = col0 + kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
       for (int dp = 0; dp < DV / 16; ++dp) {
         u32 b[4];
-        ldsm_x4_t(b, smem_addr(vs + vrow * VSTR + dp * 16 + (lane >> 4) * 8));
+        ldsm_x4_t(b, v_row_addr(kc, dp));
 #pragma unroll
         for (int mt = 0; mt < MTW; ++mt) {
           mma_16816(o[mt][2 * dp], pa[mt], b[0], b[1]);

@@ -6,14 +6,46 @@
 
 /// Initialises the ring's 2 * stages mbarriers (8 bytes each, full[s] at full0 + 8 s, empty[s] at
 /// empty0 + 8 s): full[s] completes when `copiers` producer lanes have arrived (each through
-/// cp.async.mbarrier.arrive, once its copies of the stage's block have landed), empty[s] when
-/// `consumers` consumer warps are past the block. Called by one thread; the CTA must synchronise
-/// before any other thread uses a barrier.
-__device__ __forceinline__ void init_ring(u32 full0, u32 empty0, int stages, u32 copiers, u32 consumers) {
+/// cp.async.mbarrier.arrive, once its copies of the stage's block have landed; or, with `tma`,
+/// the one copying thread through arrive.expect_tx, once the block's bytes have landed), empty[s]
+/// when `consumers` consumer warps are past the block. Called by one thread; the CTA must
+/// synchronise before any other thread uses a barrier.
+__device__ __forceinline__ void init_ring(u32 full0, u32 empty0, int stages, u32 copiers, u32 consumers,
+                                          bool tma = false) {
   for (int s = 0; s < stages; ++s) {
     mbar_init(full0 + 8u * s, copiers);
     mbar_init(empty0 + 8u * s, consumers);
   }
+  if (tma) fence_mbarrier_init();  // the TMA unit completes transactions on full[s]
+}
+
+/// Where the ring starts after the CTA's other shared state ending at `after`: right there for
+/// cp.async, at the next multiple of nsa_layout::kTmaAlign bytes (of the shared address) for the
+/// TMA's swizzled panels (the layout reserves the slack).
+template <bool TMA>
+__device__ __forceinline__ elem_t* align_ring(elem_t* after) {
+  if constexpr (TMA) {
+    const u32 a = smem_addr(after);
+    const u32 pad = (u32)(nsa_layout::kTmaAlign - (int)(a % nsa_layout::kTmaAlign)) % nsa_layout::kTmaAlign;
+    return reinterpret_cast<elem_t*>(reinterpret_cast<unsigned char*>(after) + pad);
+  } else {
+    return after;
+  }
+}
+
+/// One whole block into a ring slot through the tensor memory accelerator, by one thread: keys
+/// [key0, key0 + BLK) of KV group g of batch b, K into the D_qk / 64 panels at shared address
+/// `k_slot` and V into the D_v / 64 panels at `v_slot` (each [BLK][64] elements, 128-byte
+/// swizzled: attention_core.cuh's "Swizzled rings"), arriving on `full` with the slot's byte
+/// count first. The maps view K and V as {D, H_kv, T_kv, B} with boxes of {64, 1, BLK, 1}
+/// (jit_kernels/driver.cpp encodes them); keys at or past T_kv arrive as zeros.
+__device__ __forceinline__ void tma_copy_block(u32 k_slot, u32 v_slot, const TmaDescriptor* k_map,
+                                               const TmaDescriptor* v_map, int g, int key0, int b, u32 full) {
+  mbar_arrive_expect_tx(full, (u32)(BLK * (DQK + DV) * 2));
+#pragma unroll
+  for (int c = 0; c < DQK / 64; ++c) tma_load_4d(k_slot + (u32)(c * BLK * 128), k_map, c * 64, g, key0, b, full);
+#pragma unroll
+  for (int c = 0; c < DV / 64; ++c) tma_load_4d(v_slot + (u32)(c * BLK * 128), v_map, c * 64, g, key0, b, full);
 }
 
 /// Issues producer lane `pt`'s share, of LANES lanes, of the 16-byte cp.async copies of one

@@ -52,14 +52,19 @@
 #include "selected_row.cuh"
 
 #if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_CONSUMERS) || !defined(NSA_KNOB_PRODUCERS) || \
-    !defined(NSA_KNOB_STAGES)
-#error "decode_stream.cu needs the knobs split, consumers, producers and stages (jit_kernels/catalog.cpp)"
+    !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA)
+#error "decode_stream.cu needs the knobs tma, split, consumers, producers and stages (jit_kernels/catalog.cpp)"
 #endif
 
 constexpr int SPLIT = NSA_KNOB_SPLIT;
 constexpr int CONSUMERS = NSA_KNOB_CONSUMERS;
 constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
 constexpr int STAGES = NSA_KNOB_STAGES;
+constexpr bool TMA = NSA_KNOB_TMA != 0;
+static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy: one producer warp");
+#if NSA_KNOB_TMA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#error "decode_stream with tma = 1 needs sm_90 or newer (the tensor memory accelerator)"
+#endif
 constexpr int WARPS = CONSUMERS + PRODUCERS;
 constexpr int THREADS = WARPS * 32;
 constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
@@ -78,12 +83,15 @@ static_assert(SPLIT >= 1 && SPLIT <= 8, "split must be in [1, 8] (a row's CTAs a
 #define NSA_DECODE_CLUSTER_DIMS
 #endif
 
-using Core = AttentionCore<1, 1, CHUNK, 2, false, 192>;
+using Core = AttentionCore<1, 1, CHUNK, 2, false, 192, TMA>;
 static_assert(Core::Q_IN_REGS, "decode_stream's consumers keep Q in registers");
 
 namespace {
 
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
+// Elements of one ring slot's K and V (padded rows, or the TMA's panels).
+constexpr int K_SLOT = TMA ? BLK * DQK : BLK * KSTR;
+constexpr int V_SLOT = TMA ? BLK * DV : BLK * VSTR;
 constexpr int OSTR = DV + nsa_layout::kPad;  // merge buffer row stride, in floats
 
 /// The producers: stream blocks [first, last) of the row list into the ring. `seq` numbers the
@@ -101,11 +109,26 @@ __device__ __forceinline__ void produce(const SelectedRow& row, long long first,
     const long long left = row.npos - j * BLK;
     const int vis = left >= BLK ? BLK : (int)left;
     const long long key0 = (long long)row.list[j] * BLK;
-    copy_block_operand<DQK / 8, KSTR, PRODUCERS * 32>(k_ring + s * BLK * KSTR, k_bg + key0 * k_stride, k_stride, vis,
+    copy_block_operand<DQK / 8, KSTR, PRODUCERS * 32>(k_ring + s * K_SLOT, k_bg + key0 * k_stride, k_stride, vis,
                                                       pt);
-    copy_block_operand<DV / 8, VSTR, PRODUCERS * 32>(v_ring + s * BLK * VSTR, v_bg + key0 * v_stride, v_stride, vis,
+    copy_block_operand<DV / 8, VSTR, PRODUCERS * 32>(v_ring + s * V_SLOT, v_bg + key0 * v_stride, v_stride, vis,
                                                      pt);
     cp_async_mbar_arrive(full0 + 8u * s);
+  }
+}
+
+/// produce() for tma = 1, run by one thread: block j of (b, g) goes to its stage as the TMA's
+/// panels (tma_copy_block); keys past T_kv arrive as zeros and keys past the row's limit are real
+/// keys, both masked by the consumers.
+__device__ __forceinline__ void produce_tma(const SelectedRow& row, long long first, long long last, unsigned seq,
+                                            u32 full0, u32 empty0, u32 k_ring, u32 v_ring, const TmaDescriptor* k_map,
+                                            const TmaDescriptor* v_map, int g, int b) {
+  for (long long j = first; j < last; ++j) {
+    const unsigned n = seq + (unsigned)(j - first);
+    const int s = (int)(n % STAGES);
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
+    tma_copy_block(k_ring + (u32)(s * K_SLOT * 2), v_ring + (u32)(s * V_SLOT * 2), k_map, v_map, g,
+                   row.list[j] * BLK, b, full0 + 8u * s);
   }
 }
 
@@ -154,9 +177,18 @@ __device__ __forceinline__ void stash_state(const Core& core, float* merge_o, fl
 
 }  // namespace
 
+#if NSA_KNOB_TMA
+// The tensor maps of K and V (docs/protocol.md, "tensor_maps"), encoded by the launcher.
+#define NSA_STREAM_PARAMS \
+  const __grid_constant__ SelectionParams p, const __grid_constant__ TmaDescriptor k_map, \
+      const __grid_constant__ TmaDescriptor v_map
+#else
+#define NSA_STREAM_PARAMS const SelectionParams p
+#endif
+
 extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
-    nsa_decode_stream(const SelectionParams p) {
-  require_smem(nsa_layout::decode_stream_smem(DQK, DV, H, NSEL, BLK, CONSUMERS, STAGES, SPLIT));
+    nsa_decode_stream(NSA_STREAM_PARAMS) {
+  require_smem(nsa_layout::decode_stream_smem(DQK, DV, H, NSEL, BLK, CONSUMERS, STAGES, SPLIT, TMA));
   unsigned char* smem = dynamic_smem();
   // [row list | barriers | partial (split > 1) | Q | ring (the merge buffer overlays it)]
   unsigned char* at = smem + nsa_layout::row_list_bytes(NSEL);
@@ -165,13 +197,15 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
   float* part = reinterpret_cast<float*>(at);
   at += SPLIT > 1 ? nsa_layout::split_partial_bytes(H, DV) : 0;
   elem_t* q_s = reinterpret_cast<elem_t*>(at);
-  elem_t* k_ring = q_s + 16 * Core::QSTR;
-  elem_t* v_ring = k_ring + STAGES * BLK * KSTR;
+  elem_t* k_ring = align_ring<TMA>(q_s + 16 * Core::QSTR);
+  elem_t* v_ring = k_ring + STAGES * K_SLOT;
   float* merge_o = reinterpret_cast<float*>(k_ring);
   float* merge_ml = merge_o + CONSUMERS * 16 * OSTR;
   const int warp = threadIdx.x >> 5;
 
-  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, (u32)PRODUCERS * 32u, (u32)CONSUMERS);
+  // full[s] counts the producer lanes' cp.async arrivals, or the one TMA thread's arrival with
+  // its byte count.
+  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)CONSUMERS, TMA);
   // (The row build below synchronises the CTA before any barrier is used.)
 
   Core core;
@@ -207,8 +241,14 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     const long long first = share * nb / SPLIT, last = (share + 1) * nb / SPLIT;
 
     if (warp >= CONSUMERS) {
+#if NSA_KNOB_TMA
+      if (threadIdx.x == CONSUMERS * 32)
+        produce_tma(row, first, last, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
+                    (int)r.g, (int)r.b);
+#else
       produce(row, first, last, seq, (int)threadIdx.x - CONSUMERS * 32, full0, empty0, k_ring, v_ring, k_bg, v_bg,
               p.h_kv * DQK, p.h_kv * DV);
+#endif
     } else {
       cp_async_wait<0>();
       // Every consumer's Q copies have landed before any consumer reads the tile.
@@ -245,6 +285,7 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     merge_in_cluster<SPLIT, THREADS>(part, p, r);
     cluster_sync();  // no CTA leaves or rebuilds its partial while a peer may still read it
 #endif
+    if constexpr (TMA) fence_proxy_async_shared();  // the merge buffer's bytes are the next item's TMA ring
     __syncthreads();  // the row list, Q and the merge buffer are reused by the next item
   }
 }

@@ -110,27 +110,39 @@ NSA_HD constexpr bool stream_q_in_registers(int warps) { return warps <= 8; }
 NSA_HD constexpr int stream_chunk(int warps, int block) {
   return min_i(block, warps <= 8 ? 64 : (warps <= 12 ? 32 : 16));
 }
+/// A ring slot of the streaming designs holds one whole block of K and V: padded rows when
+/// cp.async fills it, the TMA's unpadded 128-byte-swizzled panels when it does (tma = 1), whose
+/// ring starts at the next multiple of kTmaAlign bytes (the kernel aligns it at run time, so the
+/// layout reserves that much more).
+constexpr int kTmaAlign = 1024;
+NSA_HD constexpr long long ring_slot_bytes(int dqk, int dv, int block, int tma) {
+  return tma ? (long long)block * (dqk + dv) * 2 : kv_stage_bytes(dqk, dv, block);
+}
+NSA_HD constexpr long long ring_bytes(int dqk, int dv, int block, int stages, int tma) {
+  return (tma ? kTmaAlign : 0) + stages * ring_slot_bytes(dqk, dv, block, tma);
+}
 /// prefill_stream: the union of qtile = warps - producers queries (as prefill_shared), 2 * stages
 /// mbarriers (8 bytes each), each consumer warp's 16 Q rows, then the ring of `stages` whole
 /// blocks of K and V.
 NSA_HD constexpr long long stream_barrier_bytes(int stages) { return round_up((long long)stages * 2 * 8, 128); }
 NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block, int warps, int producers,
-                                               int stages) {
+                                               int stages, int tma) {
   return union_bytes(warps - producers, n) + stream_barrier_bytes(stages) +
-         (warps - producers) * q_tile_bytes(dqk, 1) + stages * kv_stage_bytes(dqk, dv, block);
+         (warps - producers) * q_tile_bytes(dqk, 1) + ring_bytes(dqk, dv, block, stages, tma);
 }
 /// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the
-/// cluster merge), the row's 16 Q rows, then the ring of `stages` whole blocks of K and V, which
-/// the consumers' merge buffer (fp32 O rows of stride D_v + 8, then m and l, per consumer)
-/// overlays at the end.
+/// cluster merge), the row's 16 Q rows, then the ring of `stages` whole blocks of K and V (from
+/// the next multiple of kTmaAlign when tma = 1), which the consumers' merge buffer (fp32 O rows
+/// of stride D_v + 8, then m and l, per consumer) overlays at the end.
 NSA_HD constexpr long long decode_stream_merge_bytes(int dv, int consumers) {
   return (long long)consumers * 16 * ((dv + kPad) + 2) * 4;
 }
 NSA_HD constexpr long long decode_stream_smem(int dqk, int dv, int h, int n, int block, int consumers, int stages,
-                                              int split) {
+                                              int split, int tma) {
   return row_list_bytes(n) + stream_barrier_bytes(stages) + (split > 1 ? split_partial_bytes(h, dv) : 0) +
          q_tile_bytes(dqk, 1) +
-         max_ll(stages * kv_stage_bytes(dqk, dv, block), decode_stream_merge_bytes(dv, consumers));
+         (tma ? kTmaAlign : 0) +
+         max_ll(stages * ring_slot_bytes(dqk, dv, block, tma), decode_stream_merge_bytes(dv, consumers));
 }
 /// reference: q (fp32), one score per thread of a 128-key chunk, 32 reduction slots.
 constexpr int kReferenceThreads = 128;

@@ -63,28 +63,36 @@
 #include "block_copy.cuh"
 #include "query_tile_union.cuh"
 
-#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES)
-#error "prefill_stream.cu needs the knobs warps, producers and stages (jit_kernels/catalog.cpp)"
+#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA)
+#error "prefill_stream.cu needs the knobs warps, producers, stages and tma (jit_kernels/catalog.cpp)"
 #endif
 
 constexpr int WARPS = NSA_KNOB_WARPS;
 constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
 constexpr int QTILE = WARPS - PRODUCERS;  // consumer warps: queries per CTA
 constexpr int STAGES = NSA_KNOB_STAGES;
+constexpr bool TMA = NSA_KNOB_TMA != 0;
 constexpr int THREADS = WARPS * 32;
 constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
 static_assert(H <= 16, "prefill_stream gives each query one warp of 16 MMA rows: h must be at most 16");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
 static_assert(QTILE >= 1 && PRODUCERS >= 1, "prefill_stream needs a consumer and a producer warp");
+static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy: one producer warp");
+#if NSA_KNOB_TMA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#error "prefill_stream with tma = 1 needs sm_90 or newer (the tensor memory accelerator)"
+#endif
 
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
-using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0)>;
+using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0), TMA>;
 using Union = QueryTileUnion<QTILE, THREADS>;
 
 namespace {
 
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
+// Elements of one ring slot's K and V (padded rows, or the TMA's panels).
+constexpr int K_SLOT = TMA ? BLK * DQK : BLK * KSTR;
+constexpr int V_SLOT = TMA ? BLK * DV : BLK * VSTR;
 
 /// The producers: stream union blocks [0, nu) into the ring; `seq` numbers the CTA's union blocks
 /// across work items (block j of this item is the CTA's block seq + j). `pt` is this thread's
@@ -102,9 +110,24 @@ __device__ __forceinline__ void produce(const Union& un, unsigned seq, int pt, u
     // Rows at or past the tile's largest limit are copied from row 0 (the union holds visible
     // blocks only, so at least row 0 is visible).
     const int vis = lim_max - key0 >= BLK ? BLK : (int)(lim_max - key0);
-    copy_block_operand<DQK / 8, KSTR, LANES>(k_ring + s * BLK * KSTR, k_bg + key0 * k_stride, k_stride, vis, pt);
-    copy_block_operand<DV / 8, VSTR, LANES>(v_ring + s * BLK * VSTR, v_bg + key0 * v_stride, v_stride, vis, pt);
+    copy_block_operand<DQK / 8, KSTR, LANES>(k_ring + s * K_SLOT, k_bg + key0 * k_stride, k_stride, vis, pt);
+    copy_block_operand<DV / 8, VSTR, LANES>(v_ring + s * V_SLOT, v_bg + key0 * v_stride, v_stride, vis, pt);
     cp_async_mbar_arrive(full);
+  }
+}
+
+/// produce() for tma = 1, run by one thread: union block j of (b, g) goes to its stage as the
+/// TMA's panels (tma_copy_block); rows past T_kv arrive as zeros and rows past a query's limit
+/// are real keys, both masked by the consumers.
+__device__ __forceinline__ void produce_tma(const Union& un, unsigned seq, u32 full0, u32 empty0, u32 k_ring,
+                                            u32 v_ring, const TmaDescriptor* k_map, const TmaDescriptor* v_map,
+                                            int g, int b) {
+  for (int j = 0; j < un.nu; ++j) {
+    const unsigned n = seq + (unsigned)j;
+    const int s = (int)(n % STAGES);
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
+    tma_copy_block(k_ring + (u32)(s * K_SLOT * 2), v_ring + (u32)(s * V_SLOT * 2), k_map, v_map, g,
+                   un.ulist[j] * BLK, b, full0 + 8u * s);
   }
 }
 
@@ -154,19 +177,30 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(const SelectionParams p) {
-  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES));
+#if NSA_KNOB_TMA
+// The tensor maps of K and V (docs/protocol.md, "tensor_maps"), encoded by the launcher.
+#define NSA_STREAM_PARAMS \
+  const __grid_constant__ SelectionParams p, const __grid_constant__ TmaDescriptor k_map, \
+      const __grid_constant__ TmaDescriptor v_map
+#else
+#define NSA_STREAM_PARAMS const SelectionParams p
+#endif
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_STREAM_PARAMS) {
+  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
   unsigned char* smem = dynamic_smem();
   Union un;
   un.carve(smem);
   unsigned char* after_union = smem + nsa_layout::union_bytes(QTILE, NSEL);
   const u32 full0 = smem_addr(after_union), empty0 = full0 + 8u * STAGES;
   elem_t* q_all = reinterpret_cast<elem_t*>(after_union + nsa_layout::stream_barrier_bytes(STAGES));
-  elem_t* k_ring = q_all + QTILE * 16 * Core::QSTR;
-  elem_t* v_ring = k_ring + STAGES * BLK * KSTR;
+  elem_t* k_ring = align_ring<TMA>(q_all + QTILE * 16 * Core::QSTR);
+  elem_t* v_ring = k_ring + STAGES * K_SLOT;
   const int warp = threadIdx.x >> 5;
 
-  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, (u32)PRODUCERS * 32u, (u32)QTILE);
+  // full[s] counts the producer lanes' cp.async arrivals, or the one TMA thread's arrival with
+  // its byte count.
+  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)QTILE, TMA);
   // (The union build below synchronises the CTA before any barrier is used.)
 
   Core core;
@@ -184,8 +218,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
     const QueryTile tile = query_tile<QTILE>(item, qtiles, p);
     const long long b = tile.b, g = tile.g, t0 = tile.t0, lim0 = tile.lim0;
     const int nq = tile.nq;
-    const elem_t* k_bg = ptr_elem(p.k) + (b * p.t_kv * p.h_kv + g) * DQK;
-    const elem_t* v_bg = ptr_elem(p.v) + (b * p.t_kv * p.h_kv + g) * DV;
 
     // Consumers start their Q copies before the union is built; they land while it is.
     if (warp < nq) {
@@ -196,8 +228,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(cons
     un.build(tile.sel, nq, lim0);
 
     if (warp >= QTILE) {
+#if NSA_KNOB_TMA
+      if (threadIdx.x == QTILE * 32)
+        produce_tma(un, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map, (int)g, (int)b);
+#else
+      const elem_t* k_bg = ptr_elem(p.k) + (b * p.t_kv * p.h_kv + g) * DQK;
+      const elem_t* v_bg = ptr_elem(p.v) + (b * p.t_kv * p.h_kv + g) * DV;
       produce(un, seq, (int)threadIdx.x - QTILE * 32, full0, empty0, k_ring, v_ring, k_bg, v_bg, p.h_kv * DQK,
               p.h_kv * DV, lim0 + nq - 1);
+#endif
     } else {
       // Every consumer passes every block (see "Roles"); one past the tile's last query (nq <
       // QTILE) has no bit in umask and computes nothing.

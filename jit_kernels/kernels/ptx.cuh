@@ -245,6 +245,53 @@ __device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
+// ---- the tensor memory accelerator (sm_90) -----------------------------------------------------
+// The TMA variants of the streaming designs (knob tma = 1) fill their ring with one bulk tensor
+// copy per 64-element panel of a block instead of thousands of 16-byte cp.async. The host
+// encodes a tensor map (CUtensorMap) per operand for every launch (jit_kernels/driver.cpp) and
+// passes it by value after SelectionParams; the kernel names it by the generic address of that
+// __grid_constant__ parameter.
+
+/// A CUtensorMap as the kernel sees it: 128 opaque bytes, 64-byte aligned.
+struct __align__(64) TmaDescriptor {
+  unsigned long long opaque[16];
+};
+
+/// Makes the mbarrier inits of this thread visible to the async proxy (the TMA unit completes
+/// transactions on them) and to the cluster; the CTA must still synchronise before other
+/// threads use the barriers.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+/// Orders this thread's earlier generic-proxy accesses of shared memory before later async-proxy
+/// ones (TMA copies into the same bytes): decode_stream's merge buffer overlays its ring.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+/// One arrival that also announces `bytes` of transactions to come on this phase: the phase
+/// completes when its arrivals are in and that many bytes have landed (complete_tx).
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(bar),
+               "r"(bytes)
+               : "memory");
+}
+/// Fetches the tensor map into the TMA unit's cache ahead of its first use.
+__device__ __forceinline__ void tma_prefetch_descriptor(const TmaDescriptor* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
+}
+/// Copies the box at coordinates (c0, c1, c2, c3) (innermost first) of the 4-D tensor `map`
+/// into shared memory at `dst` (aligned as the map's swizzle needs: 1024 bytes for 128-byte
+/// swizzle), completing `box bytes` of transactions on `bar`. Elements outside the tensor are
+/// written as zeros.
+__device__ __forceinline__ void tma_load_4d(u32 dst, const TmaDescriptor* map, int c0, int c1, int c2, int c3,
+                                            u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
 // ---- grid identity -----------------------------------------------------------------------------
 
 /// The temporal launch number of this grid in its context (PTX %gridid): the same for every CTA

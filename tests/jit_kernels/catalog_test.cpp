@@ -390,7 +390,7 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   const auto on_sm90 = variants_for(kDecode, "sm_90", Design::prefill_stream);
   ASSERT_FALSE(on_sm90.empty());
   EXPECT_EQ(on_sm90.front().key(),
-            "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.warps12_producers2_stages5.sm90");
+            "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_warps12_producers1_stages5.sm90");
   std::set<int> warp_counts;
   for (const auto& v : on_sm90) {
     const int warps = v.knob("warps", 0), queries = warps - v.knob("producers", 0);
@@ -406,7 +406,7 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   EXPECT_EQ(warp_counts, (std::set<int>{4, 8, 12, 16}));
 
   KernelVariant idle = on_sm90.front();
-  idle.knobs = {{"warps", 4}, {"producers", 4}, {"stages", 2}};
+  idle.knobs = {{"tma", 0}, {"warps", 4}, {"producers", 4}, {"stages", 2}};
   expect_refused(idle, RuntimeShape{1, 100, 100, 2}, "leave no consumer warp", "a CTA of producers only was planned");
   KernelVariant wide = default_variant(Design::prefill_stream, kDecode, "sm_90");
   wide.spec = kWideHeads;
@@ -419,7 +419,7 @@ TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
   const auto on_sm90 = variants_for(kDecode, "sm_90", Design::decode_stream);
   ASSERT_FALSE(on_sm90.empty());
   EXPECT_EQ(on_sm90.front().key(),
-            "sel_fwd.decode_stream.dqk128_dv128_h16_blk64_n16_bf16.split1_consumers4_producers2_stages4.sm90");
+            "sel_fwd.decode_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_split1_consumers4_producers1_stages4.sm90");
   std::set<int> splits;
   for (const auto& v : on_sm90) {
     const int split = v.knob("split", 0), warps = v.knob("consumers", 0) + v.knob("producers", 0);
@@ -435,22 +435,22 @@ TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
     EXPECT_EQ(plan.workspace_bytes, 0u);
     EXPECT_EQ(plan.launches[0].shared_bytes,
               static_cast<unsigned>(nsa_layout::decode_stream_smem(128, 128, 16, 16, 64, v.knob("consumers", 0),
-                                                                  v.knob("stages", 0), split)));
+                                                                  v.knob("stages", 0), split, v.knob("tma", 0))));
   }
   EXPECT_EQ(splits, (std::set<int>{1, 2, 4}));
 
   // Splits merge in a cluster: before sm_90 only split 1 is offered, and a split one is refused.
   for (const auto& v : variants_for(kDecode, "sm_80", Design::decode_stream)) EXPECT_EQ(v.knob("split", 0), 1) << v.key();
   KernelVariant clustered = default_variant(Design::decode_stream, kDecode, "sm_90");
-  clustered.knobs = {{"split", 2}, {"consumers", 4}, {"producers", 2}, {"stages", 4}};
+  clustered.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 4}, {"producers", 2}, {"stages", 4}};
   clustered.arch = "sm_80";
   expect_refused(clustered, RuntimeShape{1, 1, 100, 2}, "thread-block cluster", "a split decode_stream was planned on sm_80");
   KernelVariant crowded = default_variant(Design::decode_stream, kDecode, "sm_90");
-  crowded.knobs = {{"split", 2}, {"consumers", 6}, {"producers", 2}, {"stages", 4}};  // 8 warps
+  crowded.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 6}, {"producers", 2}, {"stages", 4}};  // 8 warps
   EXPECT_TRUE(std::any_of(on_sm90.begin(), on_sm90.end(), [&](const auto& v) { return v.key() == crowded.key(); }))
       << crowded.key() << ": 8 warps are still offered";
   KernelVariant past_share = crowded;
-  past_share.knobs = {{"split", 4}, {"consumers", 4}, {"producers", 2}, {"stages", 5}};
+  past_share.knobs = {{"tma", 0}, {"split", 4}, {"consumers", 4}, {"producers", 2}, {"stages", 5}};
   expect_refused(past_share, RuntimeShape{1, 1, 100, 2}, "exceeds the 4 blocks a CTA of split=4 owns",
                  "a ring deeper than a CTA's share was planned");
   KernelVariant wide = default_variant(Design::decode_stream, kDecode, "sm_90");
@@ -477,8 +477,57 @@ TEST(Catalog, PrefillStreamRegisterPlanFollowsTheSchedulers) {
   EXPECT_EQ(L::stream_chunk(8, 32), 32);  // never more than a block
   // Shared memory: the union of warps - producers queries, the barriers, a Q tile per consumer,
   // the ring of whole blocks; the 12-warp default for D = 128 fits an H100 with a fifth stage.
-  EXPECT_EQ(L::prefill_stream_smem(128, 128, 16, 64, 12, 4, 3),
+  EXPECT_EQ(L::prefill_stream_smem(128, 128, 16, 64, 12, 4, 3, 0),
             L::union_bytes(8, 16) + 128 + 8 * L::q_tile_bytes(128, 1) + 3 * L::kv_stage_bytes(128, 128, 64));
-  EXPECT_LE(L::prefill_stream_smem(128, 128, 16, 64, 12, 4, 5), max_dynamic_shared_bytes("sm_90"));
-  EXPECT_GT(L::prefill_stream_smem(128, 128, 16, 64, 16, 2, 5), max_dynamic_shared_bytes("sm_90"));
+  EXPECT_LE(L::prefill_stream_smem(128, 128, 16, 64, 12, 4, 5, 0), max_dynamic_shared_bytes("sm_90"));
+  EXPECT_GT(L::prefill_stream_smem(128, 128, 16, 64, 16, 2, 5, 0), max_dynamic_shared_bytes("sm_90"));
+}
+
+TEST(Catalog, StreamingDesignsCopyWithTheTmaOnSm90Only) {
+  namespace L = nsa_layout;
+  for (Design d : {Design::prefill_stream, Design::decode_stream}) {
+    const auto on_sm90 = variants_for(kDecode, "sm_90", d);
+    std::set<int> tma_values;
+    for (const auto& v : on_sm90) {
+      tma_values.insert(v.knob("tma", -1));
+      const LaunchPlan plan = plan_for(v, RuntimeShape{2, 1, 5000, 4});
+      ASSERT_EQ(plan.launches.size(), 1u);
+      if (v.knob("tma", 0) == 1) {
+        EXPECT_EQ(v.knob("producers", 0), 1) << v.key() << ": one thread issues every copy";
+        // The kernel takes K's and V's tensor maps after SelectionParams, boxes of one block.
+        ASSERT_EQ(plan.launches[0].tensor_maps.size(), 2u) << v.key();
+        EXPECT_EQ(plan.launches[0].tensor_maps[0], (TensorMapArg{TensorMapArg::Operand::k, 128, 64}));
+        EXPECT_EQ(plan.launches[0].tensor_maps[1], (TensorMapArg{TensorMapArg::Operand::v, 128, 64}));
+      } else {
+        EXPECT_TRUE(plan.launches[0].tensor_maps.empty()) << v.key();
+      }
+    }
+    EXPECT_EQ(tma_values, (std::set<int>{0, 1})) << to_string(d);
+    // Older archs have no TMA: every setting there copies with cp.async, and a tma=1 key says why.
+    const auto on_sm80 = variants_for(kDecode, "sm_80", d);
+    ASSERT_FALSE(on_sm80.empty());
+    for (const auto& v : on_sm80) EXPECT_EQ(v.knob("tma", -1), 0) << v.key();
+    KernelVariant old_arch = on_sm90.front();
+    old_arch.arch = "sm_80";
+    expect_refused(old_arch, RuntimeShape{1, 1, 100, 2}, "tensor memory accelerator (sm_90 or newer)",
+                   "a TMA variant was planned on sm_80");
+    // Panels are 64 elements wide: D = 80 gets no TMA setting.
+    FamilySpec narrow = kDecode;
+    narrow.d_qk = narrow.d_v = 80;
+    for (const auto& v : variants_for(narrow, "sm_90", d)) EXPECT_EQ(v.knob("tma", -1), 0) << v.key();
+    KernelVariant narrow_tma = on_sm90.front();
+    narrow_tma.spec = narrow;
+    expect_refused(narrow_tma, RuntimeShape{1, 1, 100, 2}, "not both multiples of 64", "a TMA variant for D = 80");
+    // More producer warps than the one TMA thread's would idle.
+    KernelVariant two_producers = on_sm90.front();
+    for (auto& [name, value] : two_producers.knobs)
+      if (name == "producers") value = 2;
+    expect_refused(two_producers, RuntimeShape{1, 1, 100, 2}, "use producers=1", "tma=1 with two producer warps");
+  }
+  // The swizzled ring has no padding but starts 1024-byte aligned: the layout reserves the slack.
+  EXPECT_EQ(L::ring_slot_bytes(128, 128, 64, 1), 64 * 256 * 2);
+  EXPECT_EQ(L::ring_slot_bytes(128, 128, 64, 0), L::kv_stage_bytes(128, 128, 64));
+  EXPECT_EQ(L::prefill_stream_smem(128, 128, 16, 64, 12, 1, 5, 1),
+            L::union_bytes(11, 16) + 128 + 11 * L::q_tile_bytes(128, 1) + L::kTmaAlign + 5 * 64 * 256 * 2);
+  EXPECT_LE(L::prefill_stream_smem(128, 128, 16, 64, 12, 1, 5, 1), max_dynamic_shared_bytes("sm_90"));
 }

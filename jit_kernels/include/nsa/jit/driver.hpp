@@ -167,14 +167,23 @@ class Event {
   CUevent m_event = nullptr;
 };
 
+/// The tensor map `arg` of a launch, for the tensors of `params` (see TensorMapArg). Errors
+/// (CUDA_ERROR_INVALID_VALUE, without calling the driver): a base address not 16-byte aligned,
+/// T_kv or B beyond the 2^31 - 1 the kernels' int32 coordinates reach, a driver without
+/// cuTensorMapEncodeTiled (CUDA_ERROR_NOT_SUPPORTED); and whatever the driver refuses.
+DriverResult<CUtensorMap> encode_tensor_map(const TensorMapArg& arg, const SelectionParams& params,
+                                            const std::string& variant = {});
+
 /// A plan whose functions are looked up and whose shared-memory limits are raised once, so
-/// repeated launches (benchmarks) cost only cuLaunchKernel. Borrows the module.
+/// repeated launches (benchmarks) cost only cuLaunchKernel and, for a TMA variant, encoding its
+/// tensor maps from the launch's parameters (host arithmetic in the driver, no GPU call). Borrows
+/// the module.
 class PreparedPlan {
  public:
   static DriverResult<PreparedPlan> prepare(const Module& module, const LaunchPlan& plan);
-  /// Launches every kernel of the plan in order on `stream`, each with `params` as its single
-  /// argument. Fails before launching anything when the plan needs a workspace and
-  /// params.workspace is 0.
+  /// Launches every kernel of the plan in order on `stream`, each with `params` as its first
+  /// argument (and its tensor maps, encoded for `params`, after it). Fails before launching
+  /// anything when the plan needs a workspace and params.workspace is 0.
   DriverResult<void> launch(const SelectionParams& params, const Stream& stream) const;
   /// Launches only launch `index` of the plan (e.g. one kernel of a two-kernel design, to time
   /// it alone); the same workspace check. Error (without launching) for an index out of range.

@@ -67,12 +67,29 @@ struct RuntimeShape {
   std::int64_t batch = 1, t_q = 1, t_kv = 1, h_kv = 1;
 };
 
+/// A TMA tensor map that a launch takes after SelectionParams (its kernel's second, third, ...
+/// argument, in the order of Launch::tensor_maps), passed by value as a 64-byte-aligned
+/// CUtensorMap. The launcher encodes it from the launch's own SelectionParams: a 4-D tiled view
+/// of K (or V) [B, T_kv, H_kv, D] as dims {D, H_kv, T_kv, B} (innermost first; byte strides
+/// {2 D, 2 D H_kv, 2 D H_kv T_kv}), 16-bit elements, a box of {64, 1, box_rows, 1}, 128-byte
+/// swizzle, no interleave, L2 promotion of 256 bytes, and zeros for elements outside the tensor.
+/// docs/protocol.md ("tensor_maps") gives the same contract to clients that launch themselves.
+struct TensorMapArg {
+  enum class Operand : std::uint8_t { k, v };
+  Operand operand = Operand::k;
+  unsigned dim = 0;       // D: D_qk for K, D_v for V (elements)
+  unsigned box_rows = 0;  // keys per box: the family's block
+  bool operator==(const TensorMapArg&) const = default;
+};
+std::string_view to_string(TensorMapArg::Operand);
+
 /// One kernel launch of a plan.
 struct Launch {
   std::string entry;                 // extern "C" __global__ name in the design's source
   unsigned grid[3] = {1, 1, 1};
   unsigned block[3] = {128, 1, 1};
   unsigned shared_bytes = 0;         // dynamic shared memory
+  std::vector<TensorMapArg> tensor_maps;  // kernel arguments after SelectionParams (TMA variants)
 };
 
 /// Everything needed to run a variant on a shape: its launches, in order, all taking the same
