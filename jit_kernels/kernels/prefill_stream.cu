@@ -84,7 +84,7 @@ static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy
 
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
-using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0), TMA>;
+using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0), TMA, true>;
 using Union = QueryTileUnion<QTILE, THREADS>;
 
 namespace {
@@ -201,6 +201,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_
   // full[s] counts the producer lanes' cp.async arrivals, or the one TMA thread's arrival with
   // its byte count.
   if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)QTILE, TMA);
+#if NSA_KNOB_TMA
+  if (threadIdx.x == QTILE * 32) {  // the copying thread: the maps reach the TMA unit during the union build
+    tma_prefetch_descriptor(&k_map);
+    tma_prefetch_descriptor(&v_map);
+  }
+#endif
   // (The union build below synchronises the CTA before any barrier is used.)
 
   Core core;

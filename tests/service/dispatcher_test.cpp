@@ -175,6 +175,26 @@ TEST(Dispatcher, MeasuredSparseVerdictAnswersWithVariantSpeedupRunAndALaunchForT
   EXPECT_FALSE(d.demand);
 }
 
+TEST(Dispatcher, ATmaVariantsLaunchNamesTheTensorMapsItTakes) {
+  // The launch contract of a tma=1 variant: after SelectionParams its kernel takes K's and V's
+  // tensor maps, which the client encodes (docs/protocol.md, "tensor_maps").
+  api::Problem at = decode_problem();
+  jit::FamilySpec spec;
+  spec.d_qk = at.d_qk, spec.d_v = at.d_v, spec.h = at.h, spec.block = at.block, spec.n = at.n;
+  const std::string variant = jit::default_variant(jit::Design::decode_stream, spec, "sm_90").key();
+  ASSERT_NE(variant.find(".tma1_"), std::string::npos) << variant;
+  Snapshot s = h100_snapshot({verdict(h100_class(), at, "sparse", variant, 2.5, 43)});
+  Decision d = decide(s, at);
+  ASSERT_EQ(d.answer.backend, Backend::sparse) << d.answer.reason;
+  const auto& launch = d.answer.launch["launches"][0];
+  ASSERT_TRUE(launch.contains("tensor_maps")) << d.answer.launch.dump();
+  EXPECT_EQ(launch["tensor_maps"],
+            nlohmann::json::parse(R"([{"operand":"k","dim":128,"box_rows":64},{"operand":"v","dim":128,"box_rows":64}])"));
+  // Variants without tensor maps keep the old shape of a launch.
+  Snapshot plain = h100_snapshot({verdict(h100_class(), at, "sparse", variant_for(at), 1.85, 42)});
+  EXPECT_FALSE(decide(plain, at).answer.launch["launches"][0].contains("tensor_maps"));
+}
+
 TEST(Dispatcher, TheNearestMeasuredPointDecides) {
   api::Problem small = decode_problem();
   small.batch = 1;

@@ -62,6 +62,9 @@ TEST(WorkerProtocol, JobRoundTripsWithPlansCubinsAndSeed) {
     l.grid[0] = 1000 + i, l.grid[1] = 2 + i, l.grid[2] = 3 + i;
     l.block[0] = 32 * (i + 1), l.block[1] = 1 + i, l.block[2] = 1;
     l.shared_bytes = 49152u * i + 7u;
+    if (i == 1)  // a TMA launch: its tensor maps travel with it, in order
+      l.tensor_maps = {jit::TensorMapArg{jit::TensorMapArg::Operand::k, 192, 64},
+                       jit::TensorMapArg{jit::TensorMapArg::Operand::v, 128, 32}};
     three.launches.push_back(l);
   }
   three.workspace_bytes = (5ull << 32) + 3;  // above 2^32: must not be narrowed
@@ -85,6 +88,7 @@ TEST(WorkerProtocol, JobRoundTripsWithPlansCubinsAndSeed) {
         EXPECT_EQ(got.launches[i].block[d], want.launches[i].block[d]) << job.variants[v].key << " launch " << i;
       }
       EXPECT_EQ(got.launches[i].shared_bytes, want.launches[i].shared_bytes) << job.variants[v].key << " launch " << i;
+      EXPECT_EQ(got.launches[i].tensor_maps, want.launches[i].tensor_maps) << job.variants[v].key << " launch " << i;
     }
   }
   EXPECT_EQ(back->variants[0].plan.launches[0].entry, "nsa_sdpa_gather") << "launch order is kept";
@@ -169,6 +173,14 @@ TEST(WorkerProtocol, MalformedJobsAreErrorsNamingTheField) {
   auto e = decode_job(j.dump());
   ASSERT_FALSE(e);
   EXPECT_NE(e.error().find("job.variants[1].plan.launches[0].grid"), std::string::npos) << e.error();
+
+  j = nlohmann::json::parse(encode_job(sample_job()));
+  j["variants"][1]["plan"]["launches"][0]["tensor_maps"] = {{{"operand", "q"}, {"dim", 128}, {"box_rows", 64}}};
+  e = decode_job(j.dump());
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().find("job.variants[1].plan.launches[0].tensor_maps[0].operand: expected \"k\" or \"v\""),
+            std::string::npos)
+      << e.error();
 
   j = nlohmann::json::parse(encode_job(sample_job()));
   j["family"] = "bf16.dqk192";
