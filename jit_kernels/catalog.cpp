@@ -75,10 +75,11 @@ const std::vector<Knob>& knobs_of(Design d) {
   // blocks and rings deeper than a CTA's share.
   // tma = 1 as in prefill_stream (one producer warp whose one thread copies each block as the
   // TMA's panels).
-  // slice = 1 (with tma = 1) makes every consumer compute its 1/consumers of every block's keys
-  // instead of whole blocks in turn, so the last block's math after its bytes land is shared.
-  static const std::vector<Knob> decode = {{"tma", {1, 0}},    {"split", {1, 4, 2}}, {"consumers", {4, 2, 6}},
-                                           {"producers", {2, 1}}, {"stages", {4, 3, 2, 5}}, {"slice", {0, 1}}};
+  static const std::vector<Knob> decode = {{"tma", {1, 0}},
+                                           {"split", {1, 4, 2}},
+                                           {"consumers", {4, 2, 6}},
+                                           {"producers", {2, 1}},
+                                           {"stages", {4, 3, 2, 5}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
@@ -237,14 +238,6 @@ std::string decode_stream_problem(const KernelVariant& v) {
             producers = knob_value(v, "producers"), stages = knob_value(v, "stages");
   const int warps = consumers + producers;
   if (std::string problem = stream_tma_problem(v); !problem.empty()) return problem;
-  if (knob_value(v, "slice") == 1) {
-    if (knob_value(v, "tma") != 1)
-      return "slice=1 is offered with tma=1 only (the cp.async designs are kept as measured): use slice=0";
-    if (s.block % (16 * consumers) != 0)
-      return "slice=1 gives each of the consumers=" + std::to_string(consumers) + " warps block/consumers = " +
-             std::to_string(s.block) + "/" + std::to_string(consumers) +
-             " keys of every block, which must be a multiple of 16 keys: use slice=0 or other consumers";
-  }
   if (knob_value(v, "tma") == 0 && producers == 1)
     return "producers=1 with cp.async copies (tma=0) never won on the H100 (docs/performance.md, v7): use "
            "producers=2";

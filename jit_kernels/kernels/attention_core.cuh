@@ -49,15 +49,6 @@
 // TILE-key step of the ring: slot stage / (BLK / TILE), rows from (stage % (BLK / TILE)) * TILE.
 // Q stays in padded rows.
 //
-// Lazy rescaling (optional). With LAZY_RESCALE a warp keeps its rows' running maxima when the
-// step's scores rise above none of them by more than kLazyRescaleLog2 (one vote over the warp):
-// then p = 2^(s - m) with the kept m (so p <= 2^8), l += sum p, and neither alpha nor the O
-// rescale (D_v / 2 multiplies a row pair, on the path from the scores to the P V MMAs) is
-// computed. Otherwise the step updates m as usual. The result is the same softmax: O / l and
-// LSE = m + log2 l hold for any m the whole sum was taken against, and p, rounded to the input
-// dtype for P V, keeps its relative precision at any magnitude; only the rounding differs. A row
-// still at m = -inf always takes the usual update. The streaming designs use it.
-//
 // L2 hint. With EVICT_FIRST the K/V tile copies carry an evict-first L2 policy: right for a
 // stream read once (decode), wrong where neighbouring rows re-read the same blocks (prefill),
 // so it is a design knob and the tuner decides. Q copies never carry it.
@@ -115,12 +106,8 @@ struct SkipsNothing<ComputeEveryTile> {
   static constexpr bool value = true;
 };
 
-/// Lazy rescaling's bound on how far a row's scores may rise above its kept running max, in the
-/// log2 domain: p <= 2^8 = 256 (see "Lazy rescaling").
-constexpr float kLazyRescaleLog2 = 8.f;
-
 template <int MT, int WARPS, int TILE, int STAGES, bool EVICT_FIRST = false, int Q_REGS_MAX = 192,
-          bool SWIZZLED = false, bool LAZY_RESCALE = false>
+          bool SWIZZLED = false>
 struct AttentionCore {
   static constexpr int WM = nsa_layout::warps_m(MT, WARPS);
   static constexpr int WN = nsa_layout::warps_n(MT, WARPS);
@@ -413,65 +400,35 @@ struct AttentionCore {
     }
 
     // Online softmax, per accumulator row (the 4 lanes of a quad share a row).
-    auto row_max = [&](int mt, int hf) {
-      float mx = NSA_NEG_INF;
 #pragma unroll
-      for (int j = 0; j < TKW / 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * hf], s[mt][j][2 * hf + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    };
-    // p = 2^(s - base) in place; returns this lane's sum of its p of the row.
-    auto exponentiate = [&](int mt, int hf, float base) {
-      float rs = 0.f;
+    for (int mt = 0; mt < MTW; ++mt)
 #pragma unroll
-      for (int j = 0; j < TKW / 8; ++j)
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = NSA_NEG_INF;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pv = fast_exp2(s[mt][j][2 * hf + e] - base);
-          s[mt][j][2 * hf + e] = pv;
-          rs += pv;
-        }
-      return rs;
-    };
-    bool lazy = false;
-    float mxs[MTW][2];
-    if constexpr (LAZY_RESCALE) {
-      // Keep every row's running max when none of the warp's rows grew by more than
-      // kLazyRescaleLog2 (see "Lazy rescaling"): then no alpha, no O rescale this step.
-      bool keep = true;
+        for (int j = 0; j < TKW / 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * hf], s[mt][j][2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_run[mt][hf], mx);
+        const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
+        const float alpha = fast_exp2(m_run[mt][hf] - base);
+        float rs = 0.f;
 #pragma unroll
-      for (int mt = 0; mt < MTW; ++mt)
+        for (int j = 0; j < TKW / 8; ++j)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          mxs[mt][hf] = row_max(mt, hf);
-          keep = keep && m_run[mt][hf] != NSA_NEG_INF && mxs[mt][hf] - m_run[mt][hf] <= kLazyRescaleLog2;
-        }
-      lazy = __all_sync(0xffffffffu, keep);
-    }
-    if (lazy) {
-#pragma unroll
-      for (int mt = 0; mt < MTW; ++mt)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) l_run[mt][hf] += exponentiate(mt, hf, m_run[mt][hf]);
-    } else {
-#pragma unroll
-      for (int mt = 0; mt < MTW; ++mt)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const float mx = LAZY_RESCALE ? mxs[mt][hf] : row_max(mt, hf);
-          const float m_new = fmaxf(m_run[mt][hf], mx);
-          const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
-          const float alpha = fast_exp2(m_run[mt][hf] - base);
-          const float rs = exponentiate(mt, hf, base);
-          l_run[mt][hf] = l_run[mt][hf] * alpha + rs;
-          m_run[mt][hf] = m_new;
-#pragma unroll
-          for (int dt = 0; dt < DV / 8; ++dt) {
-            o[mt][dt][2 * hf] *= alpha;
-            o[mt][dt][2 * hf + 1] *= alpha;
+          for (int e = 0; e < 2; ++e) {
+            const float pv = fast_exp2(s[mt][j][2 * hf + e] - base);
+            s[mt][j][2 * hf + e] = pv;
+            rs += pv;
           }
+        l_run[mt][hf] = l_run[mt][hf] * alpha + rs;
+        m_run[mt][hf] = m_new;
+#pragma unroll
+        for (int dt = 0; dt < DV / 8; ++dt) {
+          o[mt][dt][2 * hf] *= alpha;
+          o[mt][dt][2 * hf + 1] *= alpha;
         }
-    }
+      }
 
     // O += P V. P of keys [16kc, 16kc+16) is the A fragment built from S tiles 2kc and 2kc+1.
     // ldmatrix.x4.trans of V rows [k0, k0+16), dims [n0, n0+16): matrices (keys k0.., dims n0..),

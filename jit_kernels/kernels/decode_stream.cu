@@ -52,8 +52,8 @@
 #include "selected_row.cuh"
 
 #if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_CONSUMERS) || !defined(NSA_KNOB_PRODUCERS) || \
-    !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA) || !defined(NSA_KNOB_SLICE)
-#error "decode_stream.cu needs the knobs tma, split, consumers, producers, stages and slice (jit_kernels/catalog.cpp)"
+    !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA)
+#error "decode_stream.cu needs the knobs tma, split, consumers, producers and stages (jit_kernels/catalog.cpp)"
 #endif
 
 constexpr int SPLIT = NSA_KNOB_SPLIT;
@@ -65,14 +65,9 @@ static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy
 #if NSA_KNOB_TMA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 #error "decode_stream with tma = 1 needs sm_90 or newer (the tensor memory accelerator)"
 #endif
-constexpr bool SLICE = NSA_KNOB_SLICE != 0;
 constexpr int WARPS = CONSUMERS + PRODUCERS;
 constexpr int THREADS = WARPS * 32;
-// Keys per compute step: with slice = 1 a consumer's share of every block, else a whole block
-// (or what the register plan allows).
-constexpr int CHUNK = SLICE ? BLK / CONSUMERS : nsa_layout::stream_chunk(WARPS, BLK);
-static_assert(!SLICE || (BLK % CONSUMERS == 0 && CHUNK % 16 == 0),
-              "slice = 1 gives each consumer block / consumers keys of every block: a multiple of 16");
+constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
 static_assert(H <= 16, "decode_stream computes a row's heads as the 16 rows of one MMA tile: h must be at most 16");
 static_assert(WARPS <= 8, "decode_stream keeps Q in registers: at most 8 warps (255 registers a thread)");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
@@ -88,7 +83,7 @@ static_assert(SPLIT >= 1 && SPLIT <= 8, "split must be in [1, 8] (a row's CTAs a
 #define NSA_DECODE_CLUSTER_DIMS
 #endif
 
-using Core = AttentionCore<1, 1, CHUNK, 2, false, 192, TMA, true>;
+using Core = AttentionCore<1, 1, CHUNK, 2, false, 192, TMA>;
 static_assert(Core::Q_IN_REGS, "decode_stream's consumers keep Q in registers");
 
 namespace {
@@ -138,9 +133,7 @@ __device__ __forceinline__ void produce_tma(const SelectedRow& row, long long fi
 }
 
 /// Consumer warp c passes blocks [first, last) and computes those it owns ((j - first) % CONSUMERS
-/// == c), into its engine's running state; with slice = 1 it computes keys [c * CHUNK, +CHUNK) of
-/// every block instead, so that the last block's math is shared by all consumers (the tail after
-/// the last byte lands is one slice's math, not one block's).
+/// == c), into its engine's running state.
 __device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long long first, long long last,
                                         unsigned seq, u32 full0, u32 empty0, int c, float scale_log2) {
   const int lane = core.lane;
@@ -148,19 +141,9 @@ __device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long
     const unsigned n = seq + (unsigned)(j - first);
     const int s = (int)(n % STAGES);
     mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
-    const long long left = row.npos - j * BLK;  // >= 1: the list holds visible blocks only
-    const int vis = left >= BLK ? BLK : (int)left;
-    if constexpr (SLICE) {
-      const int mine = vis - c * CHUNK;  // visible keys of this consumer's slice
-      if (mine > 0) {
-        core.compute_tile(s * CONSUMERS + c, mine >= CHUNK, scale_log2, [&](int c0, int) {
-          const int v = mine - c0;
-          return v <= 0 ? 0 : (v >= 16 ? 16 : v);
-        });
-        __syncwarp();  // every lane's reads of the stage are done
-      }
-    } else if ((int)((j - first) % CONSUMERS) == c) {
-      core.compute_block_prefix<BLK>(s, vis, scale_log2);
+    if ((int)((j - first) % CONSUMERS) == c) {
+      const long long left = row.npos - j * BLK;  // >= 1: the list holds visible blocks only
+      core.compute_block_prefix<BLK>(s, left >= BLK ? BLK : (int)left, scale_log2);
       __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
     }
     if (lane == 0) mbar_arrive(empty0 + 8u * s);

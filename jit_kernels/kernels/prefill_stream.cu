@@ -84,7 +84,7 @@ static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy
 
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
-using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0), TMA, true>;
+using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0), TMA>;
 using Union = QueryTileUnion<QTILE, THREADS>;
 
 namespace {

@@ -419,7 +419,7 @@ TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
   const auto on_sm90 = variants_for(kDecode, "sm_90", Design::decode_stream);
   ASSERT_FALSE(on_sm90.empty());
   EXPECT_EQ(on_sm90.front().key(),
-            "sel_fwd.decode_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_split1_consumers4_producers1_stages4_slice0.sm90");
+            "sel_fwd.decode_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_split1_consumers4_producers1_stages4.sm90");
   std::set<int> splits;
   for (const auto& v : on_sm90) {
     const int split = v.knob("split", 0), warps = v.knob("consumers", 0) + v.knob("producers", 0);
@@ -438,31 +438,19 @@ TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
                                                                   v.knob("stages", 0), split, v.knob("tma", 0))));
   }
   EXPECT_EQ(splits, (std::set<int>{1, 2, 4}));
-  // slice = 1: each consumer a multiple of 16 keys of every block, with TMA copies only.
-  std::set<int> sliced_consumers;
-  for (const auto& v : on_sm90)
-    if (v.knob("slice", 0) == 1) {
-      EXPECT_EQ(v.knob("tma", 0), 1) << v.key();
-      sliced_consumers.insert(v.knob("consumers", 0));
-    }
-  EXPECT_EQ(sliced_consumers, (std::set<int>{2, 4}));
-  KernelVariant six_slices = default_variant(Design::decode_stream, kDecode, "sm_90");
-  six_slices.knobs = {{"tma", 1}, {"split", 1}, {"consumers", 6}, {"producers", 1}, {"stages", 4}, {"slice", 1}};
-  expect_refused(six_slices, RuntimeShape{1, 1, 100, 2}, "must be a multiple of 16 keys",
-                 "six consumers were given 64/6 keys of a block each");
 
   // Splits merge in a cluster: before sm_90 only split 1 is offered, and a split one is refused.
   for (const auto& v : variants_for(kDecode, "sm_80", Design::decode_stream)) EXPECT_EQ(v.knob("split", 0), 1) << v.key();
   KernelVariant clustered = default_variant(Design::decode_stream, kDecode, "sm_90");
-  clustered.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 4}, {"producers", 2}, {"stages", 4}, {"slice", 0}};
+  clustered.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 4}, {"producers", 2}, {"stages", 4}};
   clustered.arch = "sm_80";
   expect_refused(clustered, RuntimeShape{1, 1, 100, 2}, "thread-block cluster", "a split decode_stream was planned on sm_80");
   KernelVariant crowded = default_variant(Design::decode_stream, kDecode, "sm_90");
-  crowded.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 6}, {"producers", 2}, {"stages", 4}, {"slice", 0}};  // 8 warps
+  crowded.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 6}, {"producers", 2}, {"stages", 4}};  // 8 warps
   EXPECT_TRUE(std::any_of(on_sm90.begin(), on_sm90.end(), [&](const auto& v) { return v.key() == crowded.key(); }))
       << crowded.key() << ": 8 warps are still offered";
   KernelVariant past_share = crowded;
-  past_share.knobs = {{"tma", 0}, {"split", 4}, {"consumers", 4}, {"producers", 2}, {"stages", 5}, {"slice", 0}};
+  past_share.knobs = {{"tma", 0}, {"split", 4}, {"consumers", 4}, {"producers", 2}, {"stages", 5}};
   expect_refused(past_share, RuntimeShape{1, 1, 100, 2}, "exceeds the 4 blocks a CTA of split=4 owns",
                  "a ring deeper than a CTA's share was planned");
   KernelVariant wide = default_variant(Design::decode_stream, kDecode, "sm_90");
