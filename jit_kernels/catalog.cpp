@@ -211,6 +211,9 @@ std::string prefill_stream_problem(const KernelVariant& v) {
     return "producers=" + std::to_string(producers) + " of warps=" + std::to_string(warps) +
            " leave no consumer warp: use fewer producers or more warps";
   if (std::string problem = stream_tma_problem(v); !problem.empty()) return problem;
+  if (knob_value(v, "tma") == 1 && warps > 12)
+    return "tma=1 with warps=" + std::to_string(warps) + " spills: its pipelined loop does not fit the 128 registers "
+           "a thread has at 16 warps (ptxas on sm_90: 88-260 bytes of spills): use warps <= 12";
   const int regs = s.d_v / 2 + L::stream_chunk(warps, s.block) / 2 +
                    (L::stream_q_in_registers(warps) ? s.d_qk / 4 : 0) + 40;
   const int budget = L::stream_register_budget(warps);
@@ -419,6 +422,18 @@ unsigned shared_bytes_for(const KernelVariant& v) {
 
 namespace {
 
+/// CTAs of `v` one SM holds at once, counted conservatively (so a persistent grid of
+/// sm_count times this never needs a second wave): the 228 KiB of shared memory an sm_90 SM has
+/// (1 KiB reserved per CTA), 2048 threads, and 65536 registers at the register class's budget.
+std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
+  const std::int64_t smem = engine_smem(v) + 1024;
+  const std::int64_t threads = 32LL * knob_value(v, "warps");
+  const std::int64_t by_smem = (228LL * 1024) / smem;
+  const std::int64_t by_threads = 2048 / threads;
+  const std::int64_t by_registers = 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
+  return std::max<std::int64_t>(1, std::min({by_smem, by_threads, by_registers}));
+}
+
 /// The tensor maps a streaming design's launch takes: K's and V's, boxes of one block, when tma = 1.
 std::vector<TensorMapArg> stream_tensor_maps(const KernelVariant& v) {
   if (knob_value(v, "tma") != 1) return {};
@@ -481,7 +496,12 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
     case Design::prefill_stream: {
       const int qtile = knob_value(v, "warps") - knob_value(v, "producers");  // consumer warps, a query each
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
-      Launch l = launch("nsa_prefill_stream", items, engine_threads, engine_smem(v));
+      // tma = 1 runs persistent CTAs that overlap one item's union build with another's stream:
+      // as many as the SMs hold at once (when the device is known), each looping over items.
+      std::int64_t ctas = items;
+      if (knob_value(v, "tma") == 1 && shape.sm_count > 0)
+        ctas = std::min<std::int64_t>(items, static_cast<std::int64_t>(shape.sm_count) * resident_ctas_per_sm(v));
+      Launch l = launch("nsa_prefill_stream", ctas, engine_threads, engine_smem(v));
       l.tensor_maps = stream_tensor_maps(v);
       plan.launches.push_back(l);
       break;

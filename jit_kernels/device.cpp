@@ -145,6 +145,7 @@ LoadedDriver load() {
   resolve("cuDevicePrimaryCtxRelease", api.primary_ctx_release);
   resolve("cuCtxSetCurrent", api.ctx_set_current);
   resolve("cuCtxSynchronize", api.ctx_synchronize);
+  resolve("cuCtxGetDevice", api.ctx_get_device);
   resolve("cuMemGetInfo", api.mem_get_info);
   resolve("cuModuleLoadData", api.module_load_data);
   resolve("cuModuleUnload", api.module_unload);

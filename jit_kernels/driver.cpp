@@ -303,6 +303,16 @@ DriverResult<float> Event::elapsed_ms(const Event& start, const Event& end) {
 
 // Launching --------------------------------------------------------------------------------------
 
+DriverResult<int> current_device_sm_count() {
+  CUdevice device = 0;
+  if (CUresult r = api().ctx_get_device(&device); r != CUDA_SUCCESS)
+    return fail("cuCtxGetDevice", r, {}, "no current context on this thread (make the context current first)");
+  int sms = 0;
+  if (CUresult r = api().device_get_attribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device); r != CUDA_SUCCESS)
+    return fail("cuDeviceGetAttribute", r, {}, "CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT");
+  return sms;
+}
+
 DriverResult<CUtensorMap> encode_tensor_map(const TensorMapArg& arg, const SelectionParams& params,
                                             const std::string& variant) {
   const bool is_k = arg.operand == TensorMapArg::Operand::k;

@@ -127,9 +127,15 @@ DriverResult<std::vector<float>> DeviceProblem::download_lse() const {
 
 DriverResult<LoadedVariant> LoadedVariant::load(const KernelVariant& variant, const Cubin& cubin,
                                                 const RuntimeShape& shape) {
+  RuntimeShape on_device = shape;
+  if (on_device.sm_count == 0) {
+    auto sms = current_device_sm_count();
+    if (!sms) return std::unexpected(sms.error());
+    on_device.sm_count = *sms;
+  }
   LaunchPlan plan;
   try {
-    plan = plan_for(variant, shape);
+    plan = plan_for(variant, on_device);
   } catch (const std::exception& e) {
     return std::unexpected(plan_error(variant.key(), e.what()));
   }

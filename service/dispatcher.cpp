@@ -32,8 +32,9 @@ Answer pinned(const cache::Pin& pin) {
 Answer no_device(std::string reason) { return Answer::fallback(Provenance::no_device, std::move(reason)); }
 
 /// The verdict of `table` for the problem's family at the nearest measured point, if any.
-std::optional<Answer> measured(const ClassVerdicts* table, const cache::DeviceClass& cls,
-                               const std::string& family, const api::Problem& problem) {
+std::optional<Answer> measured(const ClassVerdicts* table, const LocalDevice& dev, const std::string& family,
+                               const api::Problem& problem) {
+  const cache::DeviceClass& cls = dev.device_class;
   if (!table) return std::nullopt;
   auto it = table->find(family);
   if (it == table->end() || it->second.points.empty()) return std::nullopt;
@@ -51,7 +52,7 @@ std::optional<Answer> measured(const ClassVerdicts* table, const cache::DeviceCl
                             ", run " + std::to_string(v.run_id);
   std::string plan_error;
   if (v.backend == "sparse" && !v.variant.empty()) {
-    auto launch = launch_json(v.variant, problem);
+    auto launch = launch_json(v.variant, problem, dev.record.sm_count);
     if (launch) {
       a.backend = Backend::sparse;
       a.variant = v.variant;
@@ -93,12 +94,13 @@ Decision untuned(const std::string& arch, const std::string& family, const api::
 
 }  // namespace
 
-std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem& p) {
+std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem& p,
+                                                       int sm_count) {
   auto v = jit::KernelVariant::parse(variant_key);
   if (!v) return std::unexpected("'" + variant_key + "' is not a variant key of this build");
   jit::LaunchPlan plan;
   try {
-    plan = jit::plan_for(*v, jit::RuntimeShape{p.batch, p.t_q, p.t_kv, p.h_kv});
+    plan = jit::plan_for(*v, jit::RuntimeShape{p.batch, p.t_q, p.t_kv, p.h_kv, sm_count});
   } catch (const std::exception& e) {
     return std::unexpected(std::string("no launch plan: ") + e.what());
   }
@@ -166,7 +168,7 @@ Decision decide(const Snapshot& s, const api::Problem& problem) {
     const std::string& arch = dev->device_class.arch;
     if (auto pin = s.pins.find(arch); pin != s.pins.end()) return {pinned(pin->second), std::nullopt};
     const ClassVerdicts* table = index < s.verdicts.size() ? s.verdicts[index].get() : nullptr;
-    if (auto a = measured(table, dev->device_class, family, problem)) return {std::move(*a), std::nullopt};
+    if (auto a = measured(table, *dev, family, problem)) return {std::move(*a), std::nullopt};
     return untuned(arch, family, point,
                    dev->record.name + " (" + arch + ", device " + std::to_string(dev->record.ordinal) + ")");
   }
@@ -182,7 +184,7 @@ Decision decide(const Snapshot& s, const api::Problem& problem) {
   }
   if (lowest) {
     const ClassVerdicts* table = *lowest < s.verdicts.size() ? s.verdicts[*lowest].get() : nullptr;
-    if (auto a = measured(table, s.devices[*lowest].device_class, family, problem))
+    if (auto a = measured(table, s.devices[*lowest], family, problem))
       return {std::move(*a), std::nullopt};
     return untuned(arch, family, point, s.devices[*lowest].record.name + " (" + arch + ")");
   }

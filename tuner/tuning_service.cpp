@@ -471,7 +471,8 @@ struct TuningService::Impl {
                          const api::Point& point, const CompiledFamily& cf, bool with_fault) {
     PointOutcome out;
     const std::string family_key = pf.family.key(), point_key = point.key();
-    const jit::RuntimeShape shape = shape_of(point);
+    jit::RuntimeShape shape = shape_of(point);
+    shape.sm_count = d.record.sm_count;  // the plans measured are those the dispatcher answers with
 
     Job job;
     job.id = next_job_id++;

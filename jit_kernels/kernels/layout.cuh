@@ -121,13 +121,17 @@ NSA_HD constexpr long long ring_slot_bytes(int dqk, int dv, int block, int tma) 
 NSA_HD constexpr long long ring_bytes(int dqk, int dv, int block, int stages, int tma) {
   return (tma ? kTmaAlign : 0) + stages * ring_slot_bytes(dqk, dv, block, tma);
 }
-/// prefill_stream: the union of qtile = warps - producers queries (as prefill_shared), 2 * stages
-/// mbarriers (8 bytes each), each consumer warp's 16 Q rows, then the ring of `stages` whole
-/// blocks of K and V.
+/// prefill_stream: the union of qtile = warps - producers queries (as prefill_shared; two with
+/// tma = 1, whose producer warp builds the next tile's while the consumers work on this one's),
+/// 2 * stages mbarriers (8 bytes each; two more with tma = 1, one per union buffer), each consumer
+/// warp's 16 Q rows, then the ring of `stages` whole blocks of K and V.
 NSA_HD constexpr long long stream_barrier_bytes(int stages) { return round_up((long long)stages * 2 * 8, 128); }
+NSA_HD constexpr long long prefill_stream_barrier_bytes(int stages, int tma) {
+  return round_up((long long)(stages * 2 + (tma ? 2 : 0)) * 8, 128);
+}
 NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block, int warps, int producers,
                                                int stages, int tma) {
-  return union_bytes(warps - producers, n) + stream_barrier_bytes(stages) +
+  return (tma ? 2 : 1) * union_bytes(warps - producers, n) + prefill_stream_barrier_bytes(stages, tma) +
          (warps - producers) * q_tile_bytes(dqk, 1) + ring_bytes(dqk, dv, block, stages, tma);
 }
 /// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the

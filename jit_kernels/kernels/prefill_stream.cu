@@ -94,6 +94,7 @@ constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 constexpr int K_SLOT = TMA ? BLK * DQK : BLK * KSTR;
 constexpr int V_SLOT = TMA ? BLK * DV : BLK * VSTR;
 
+#if !NSA_KNOB_TMA
 /// The producers: stream union blocks [0, nu) into the ring; `seq` numbers the CTA's union blocks
 /// across work items (block j of this item is the CTA's block seq + j). `pt` is this thread's
 /// index among the producers' PRODUCERS * 32 lanes.
@@ -116,13 +117,14 @@ __device__ __forceinline__ void produce(const Union& un, unsigned seq, int pt, u
   }
 }
 
+#else
 /// produce() for tma = 1, run by one thread: union block j of (b, g) goes to its stage as the
 /// TMA's panels (tma_copy_block); rows past T_kv arrive as zeros and rows past a query's limit
 /// are real keys, both masked by the consumers.
-__device__ __forceinline__ void produce_tma(const Union& un, unsigned seq, u32 full0, u32 empty0, u32 k_ring,
-                                            u32 v_ring, const TmaDescriptor* k_map, const TmaDescriptor* v_map,
-                                            int g, int b) {
-  for (int j = 0; j < un.nu; ++j) {
+__device__ __forceinline__ void produce_tma(const Union& un, int from, int to, unsigned seq, u32 full0, u32 empty0,
+                                            u32 k_ring, u32 v_ring, const TmaDescriptor* k_map,
+                                            const TmaDescriptor* v_map, int g, int b) {
+  for (int j = from; j < to; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
     if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
@@ -131,11 +133,15 @@ __device__ __forceinline__ void produce_tma(const Union& un, unsigned seq, u32 f
   }
 }
 
-/// Consumer warp q passes every union block and computes those its query t0 + q selected.
+#endif
+
+/// Consumer warp q passes every union block and computes those its query t0 + q selected. With
+/// `q_pending` its Q copies may still be in flight: it waits for them before its first block of its
+/// own (the pipelined loop issues them as it starts the tile, and passing others' blocks needs no Q).
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
-                                        long long lim_q, float scale_log2) {
+                                        long long lim_q, float scale_log2, bool q_pending = false) {
   const int lane = core.lane;
-  core.load_q_fragments();
+  if (!q_pending) core.load_q_fragments();
   core.reset();
   for (int j = 0; j < un.nu; ++j) {
     const unsigned n = seq + (unsigned)j;
@@ -144,6 +150,12 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     if (((un.umask[j] >> q) & 1u) == 0u) {  // not this query's block
       if (lane == 0) mbar_arrive(empty0 + 8u * s);
       continue;
+    }
+    if (q_pending) {
+      cp_async_wait<0>();
+      __syncwarp();
+      core.load_q_fragments();
+      q_pending = false;
     }
     // vis >= 1: the union holds visible blocks only.
     core.compute_block_prefix<BLK>(s, visible_in_block(un.ulist[j], lim_q), scale_log2);
@@ -189,18 +201,26 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_STREAM_PARAMS) {
   require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
   unsigned char* smem = dynamic_smem();
-  Union un;
-  un.carve(smem);
-  unsigned char* after_union = smem + nsa_layout::union_bytes(QTILE, NSEL);
+  // [union (a second one with tma = 1) | barriers | Q rows per consumer | ring]
+  constexpr long long UNION_BYTES = nsa_layout::union_bytes(QTILE, NSEL);
+  unsigned char* after_union = smem + (TMA ? 2 : 1) * UNION_BYTES;
   const u32 full0 = smem_addr(after_union), empty0 = full0 + 8u * STAGES;
-  elem_t* q_all = reinterpret_cast<elem_t*>(after_union + nsa_layout::stream_barrier_bytes(STAGES));
+  const u32 ready0 = empty0 + 8u * STAGES;  // tma = 1: union buffer u is built (ready0 + 8 u)
+  elem_t* q_all = reinterpret_cast<elem_t*>(after_union + nsa_layout::prefill_stream_barrier_bytes(STAGES, TMA));
   elem_t* k_ring = align_ring<TMA>(q_all + QTILE * 16 * Core::QSTR);
   elem_t* v_ring = k_ring + STAGES * K_SLOT;
   const int warp = threadIdx.x >> 5;
 
   // full[s] counts the producer lanes' cp.async arrivals, or the one TMA thread's arrival with
   // its byte count.
-  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)QTILE, TMA);
+  if (threadIdx.x == 0) {
+    init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)QTILE, TMA);
+    if constexpr (TMA) {
+      mbar_init(ready0, 32u);  // the producer warp's lanes, once the union is built
+      mbar_init(ready0 + 8u, 32u);
+      fence_mbarrier_init();
+    }
+  }
 #if NSA_KNOB_TMA
   if (threadIdx.x == QTILE * 32) {  // the copying thread: the maps reach the TMA unit during the union build
     tma_prefetch_descriptor(&k_map);
@@ -216,47 +236,114 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_
   const long long items = p.batch * p.h_kv * qtiles;
   const long long h_q = p.h_kv * H;
   const float scale_log2 = p.scale * NSA_LOG2E;
+  float* LSE = reinterpret_cast<float*>(p.lse);
+  auto issue_q = [&](const QueryTile& tile) {  // consumer `warp`'s Q rows of the tile, as cp.async
+    const elem_t* q_rows = ptr_elem(p.q) + ((tile.b * p.t_q + tile.t0 + warp) * h_q + tile.g * H) * DQK;
+    core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; });
+    cp_async_commit();
+  };
+  auto store = [&](const QueryTile& tile) {  // consumer `warp`'s output rows of the tile
+    const long long t = tile.t0 + warp;
+    store_rows(core, ptr_elem_mut(p.o) + ((tile.b * p.t_q + t) * h_q + tile.g * H) * DV,
+               LSE != nullptr ? LSE + (tile.b * h_q + tile.g * H) * p.t_q + t : nullptr, p.t_q);
+  };
   // Union blocks this CTA has streamed before the current item. It never wraps: a CTA takes
-  // ceil(items / grid.x) items (one unless the grid hit its 2^31-1 cap), each of at most
-  // qtile * n blocks.
+  // ceil(items / grid.x) items, each of at most qtile * n blocks.
   unsigned seq = 0;
+
+#if NSA_KNOB_TMA
+  // Persistent and pipelined (grid.x <= items, one CTA per SM as the plan sizes it): the k-th
+  // item of this CTA (blockIdx.x + k * grid.x) uses union buffer k % 2. No CTA barrier stands
+  // between items: the producer warp issues the first STAGES blocks of item k, then builds item
+  // k + 1's union into the other buffer (the ring keeps the consumers busy meanwhile) and arrives
+  // on ready[(k + 1) % 2], then issues the rest of item k. A consumer finishing item k stores its
+  // rows, waits for ready[(k + 1) % 2] (phase k / 2), starts its next Q copies and passes item
+  // k + 1's blocks, waiting for its Q only at its first own block; the ring never drains between
+  // items. The producer overwrites a buffer only once every consumer is past the item that used
+  // it: item k - 1's last block shares a stage with one of item k's first STAGES blocks, whose
+  // empty barrier the copying thread waited for before issuing it (or, when item k has fewer
+  // blocks, it waits for that barrier explicitly).
+  if (blockIdx.x < items) {
+    QueryTile tile = query_tile<QTILE>(blockIdx.x, qtiles, p);
+    if (warp < tile.nq) issue_q(tile);
+    {
+      Union first;
+      first.carve(smem);
+      first.build(tile.sel, tile.nq, tile.lim0);  // synchronises the CTA: the barriers are initialised too
+    }
+    bool q_pending = true;
+    long long k = 0;
+    for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
+      // The buffers are addressed by k's parity at run time (an array of two Unions indexed so
+      // would live in local memory).
+      Union cur, next;
+      cur.carve(smem + (k & 1) * UNION_BYTES);
+      cur.read_counts();  // built by the CTA (k = 0) or the producer warp, and waited for
+      next.carve(smem + ((k + 1) & 1) * UNION_BYTES);
+      const long long next_item = item + gridDim.x;
+      if (warp >= QTILE) {
+        const int lane = threadIdx.x & 31;
+        const int head = cur.nu < STAGES ? cur.nu : STAGES;
+        if (lane == 0)
+          produce_tma(cur, 0, head, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
+                      (int)tile.g, (int)tile.b);
+        if (next_item < items) {
+          // Every consumer is past item k - 1 (whose buffer `next` is): item k - 1's last block is
+          // block seq - 1, in the stage one of the head blocks waited for, or waited for here.
+          if (lane == 0 && cur.nu < STAGES && seq > 0) {
+            const unsigned last = seq - 1u;
+            mbar_wait(empty0 + 8u * (last % STAGES), (last / STAGES) & 1u);
+          }
+          __syncwarp();
+          const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
+          next.build_warp(nt.sel, nt.nq, nt.lim0);
+          mbar_arrive(ready0 + 8u * (u32)((k + 1) & 1));
+        }
+        if (lane == 0)
+          produce_tma(cur, head, cur.nu, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
+                      (int)tile.g, (int)tile.b);
+        __syncwarp();
+      } else {
+        // One past the tile's last query (nq < QTILE) has no bit in umask and computes nothing.
+        consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, q_pending);
+        if (q_pending) cp_async_wait<0>();  // a query with no block of its own: its copies land before reuse
+        if (warp < tile.nq) store(tile);
+      }
+      seq += (unsigned)cur.nu;
+      if (next_item < items) {
+        tile = query_tile<QTILE>(next_item, qtiles, p);
+        if (warp < QTILE) {
+          mbar_wait(ready0 + 8u * (u32)((k + 1) & 1), (u32)((k >> 1) & 1));  // build k of buffer (k + 1) % 2
+          if (warp < tile.nq) issue_q(tile);
+          q_pending = true;
+        }
+      }
+    }
+  }
+#else
   for (long long item = blockIdx.x; item < items; item += gridDim.x) {
     const QueryTile tile = query_tile<QTILE>(item, qtiles, p);
-    const long long b = tile.b, g = tile.g, t0 = tile.t0, lim0 = tile.lim0;
-    const int nq = tile.nq;
-
+    Union un;
+    un.carve(smem);
     // Consumers start their Q copies before the union is built; they land while it is.
-    if (warp < nq) {
-      const elem_t* q_rows = ptr_elem(p.q) + ((b * p.t_q + t0 + warp) * h_q + g * H) * DQK;
-      core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; });
-      cp_async_commit();
-    }
-    un.build(tile.sel, nq, lim0);
+    if (warp < tile.nq) issue_q(tile);
+    un.build(tile.sel, tile.nq, tile.lim0);
 
     if (warp >= QTILE) {
-#if NSA_KNOB_TMA
-      if (threadIdx.x == QTILE * 32)
-        produce_tma(un, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map, (int)g, (int)b);
-#else
-      const elem_t* k_bg = ptr_elem(p.k) + (b * p.t_kv * p.h_kv + g) * DQK;
-      const elem_t* v_bg = ptr_elem(p.v) + (b * p.t_kv * p.h_kv + g) * DV;
+      const elem_t* k_bg = ptr_elem(p.k) + (tile.b * p.t_kv * p.h_kv + tile.g) * DQK;
+      const elem_t* v_bg = ptr_elem(p.v) + (tile.b * p.t_kv * p.h_kv + tile.g) * DV;
       produce(un, seq, (int)threadIdx.x - QTILE * 32, full0, empty0, k_ring, v_ring, k_bg, v_bg, p.h_kv * DQK,
-              p.h_kv * DV, lim0 + nq - 1);
-#endif
+              p.h_kv * DV, tile.lim0 + tile.nq - 1);
     } else {
       // Every consumer passes every block (see "Roles"); one past the tile's last query (nq <
       // QTILE) has no bit in umask and computes nothing.
       cp_async_wait<0>();
       __syncwarp();
-      consume(core, un, seq, full0, empty0, warp, lim0 + warp, scale_log2);
-      if (warp < nq) {
-        const long long t = t0 + warp;
-        float* LSE = reinterpret_cast<float*>(p.lse);
-        store_rows(core, ptr_elem_mut(p.o) + ((b * p.t_q + t) * h_q + g * H) * DV,
-                   LSE != nullptr ? LSE + (b * h_q + g * H) * p.t_q + t : nullptr, p.t_q);
-      }
+      consume(core, un, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2);
+      if (warp < tile.nq) store(tile);
     }
     seq += (unsigned)un.nu;
     __syncthreads();  // the union is rebuilt for the next item only when every warp is done with it
   }
+#endif
 }

@@ -77,12 +77,41 @@ struct QueryTileUnion {
   /// (THREADS of them) and gets the same nu and nlow; it synchronises the CTA, and the caller must
   /// synchronise before building the next tile's union over this one.
   __device__ __forceinline__ void build(const int* sel_tile, int nq, long long lim0) {
-    const int tid = threadIdx.x;
-    for (int e = tid; e < SORT_N; e += THREADS) sort_s[e] = e < SLOTS ? slot_block(sel_tile, e, nq, lim0) : kNone;
-    __syncthreads();
+    build_by<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x);
+  }
+
+  /// build() by one warp alone (prefill_stream's producer warp builds the next tile's union into
+  /// a second buffer while the consumers work on this one): the same steps with warp barriers.
+  /// Every lane of the calling warp calls it; other warps read the result only after a barrier
+  /// that orders them after it (then read_counts()).
+  __device__ __forceinline__ void build_warp(const int* sel_tile, int nq, long long lim0) {
+    build_by<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
+  }
+
+  /// nu and nlow from the union's shared memory, for a thread that did not build it.
+  __device__ __forceinline__ void read_counts() {
+    nu = scalars[0];
+    nlow = scalars[1];
+  }
+
+ private:
+  template <int NT, bool WARP_ONLY>
+  __device__ __forceinline__ static void sync_group() {
+    if constexpr (WARP_ONLY) {
+      __syncwarp();
+    } else {
+      __syncthreads();
+    }
+  }
+
+  /// The union built by NT threads (tid in [0, NT)), synchronised by sync_group.
+  template <int NT, bool WARP_ONLY>
+  __device__ __forceinline__ void build_by(const int* sel_tile, int nq, long long lim0, int tid) {
+    for (int e = tid; e < SORT_N; e += NT) sort_s[e] = e < SLOTS ? slot_block(sel_tile, e, nq, lim0) : kNone;
+    sync_group<NT, WARP_ONLY>();
     for (int k = 2; k <= SORT_N; k <<= 1)
       for (int j = k >> 1; j > 0; j >>= 1) {
-        for (int i = tid; i < SORT_N; i += THREADS) {
+        for (int i = tid; i < SORT_N; i += NT) {
           const int ixj = i ^ j;
           if (ixj > i) {
             const int a = sort_s[i], c = sort_s[ixj];
@@ -93,7 +122,7 @@ struct QueryTileUnion {
             }
           }
         }
-        __syncthreads();
+        sync_group<NT, WARP_ONLY>();
       }
     if (tid < 32) {
       int n_union = 0, n_low = 0;
@@ -116,10 +145,10 @@ struct QueryTileUnion {
         scalars[1] = n_low;
       }
     }
-    __syncthreads();
+    sync_group<NT, WARP_ONLY>();
     nu = scalars[0];
     nlow = scalars[1];
-    for (int e = tid; e < SLOTS; e += THREADS) {
+    for (int e = tid; e < SLOTS; e += NT) {
       const int c = slot_block(sel_tile, e, nq, lim0);
       if (c == kNone) continue;
       int lo = 0, hi = nu - 1;  // c is in ulist[0, nu): binary search
@@ -130,6 +159,6 @@ struct QueryTileUnion {
       }
       atomicOr(&umask[lo], 1u << (e / NSEL));
     }
-    __syncthreads();
+    sync_group<NT, WARP_ONLY>();
   }
 };

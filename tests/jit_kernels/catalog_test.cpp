@@ -524,10 +524,25 @@ TEST(Catalog, StreamingDesignsCopyWithTheTmaOnSm90Only) {
       if (name == "producers") value = 2;
     expect_refused(two_producers, RuntimeShape{1, 1, 100, 2}, "use producers=1", "tma=1 with two producer warps");
   }
+  // prefill_stream with tma = 1 is persistent where the device is known: as many CTAs as its SMs
+  // hold at once (one of 218 KiB; two of 81 KiB and 128 threads at 255 registers), each looping.
+  const auto persistent = default_variant(Design::prefill_stream, kDecode, "sm_90");
+  ASSERT_EQ(persistent.knob("tma", 0), 1);
+  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 132u);
+  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4}).launches[0].grid[0], 4u * ((32768 + 10) / 11))
+      << "an unknown device gets one CTA per work item";
+  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 20, 20, 1, 132}).launches[0].grid[0], 2u) << "never more than items";
+  KernelVariant small = persistent;
+  small.knobs = {{"tma", 1}, {"warps", 4}, {"producers", 1}, {"stages", 2}};
+  EXPECT_EQ(plan_for(small, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 264u);
+  KernelVariant wide_tma = persistent;
+  wide_tma.knobs = {{"tma", 1}, {"warps", 16}, {"producers", 1}, {"stages", 3}};
+  expect_refused(wide_tma, RuntimeShape{1, 1, 100, 2}, "use warps <= 12", "a spilling 16-warp TMA setting");
+
   // The swizzled ring has no padding but starts 1024-byte aligned: the layout reserves the slack.
   EXPECT_EQ(L::ring_slot_bytes(128, 128, 64, 1), 64 * 256 * 2);
   EXPECT_EQ(L::ring_slot_bytes(128, 128, 64, 0), L::kv_stage_bytes(128, 128, 64));
   EXPECT_EQ(L::prefill_stream_smem(128, 128, 16, 64, 12, 1, 5, 1),
-            L::union_bytes(11, 16) + 128 + 11 * L::q_tile_bytes(128, 1) + L::kTmaAlign + 5 * 64 * 256 * 2);
+            2 * L::union_bytes(11, 16) + 128 + 11 * L::q_tile_bytes(128, 1) + L::kTmaAlign + 5 * 64 * 256 * 2);
   EXPECT_LE(L::prefill_stream_smem(128, 128, 16, 64, 12, 1, 5, 1), max_dynamic_shared_bytes("sm_90"));
 }

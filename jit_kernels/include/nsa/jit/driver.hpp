@@ -167,6 +167,9 @@ class Event {
   CUevent m_event = nullptr;
 };
 
+/// Multiprocessors of the device of the calling thread's current context.
+DriverResult<int> current_device_sm_count();
+
 /// The tensor map `arg` of a launch, for the tensors of `params` (see TensorMapArg). Errors
 /// (CUDA_ERROR_INVALID_VALUE, without calling the driver): a base address not 16-byte aligned,
 /// T_kv or B beyond the 2^31 - 1 the kernels' int32 coordinates reach, a driver without

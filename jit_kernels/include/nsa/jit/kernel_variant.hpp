@@ -62,9 +62,13 @@ struct KernelVariant {
   std::string prelude() const;
 };
 
-/// The runtime shape a launch plan is computed for.
+/// The runtime shape a launch plan is computed for, and the device's multiprocessor count: a
+/// design whose CTAs are persistent (prefill_stream with tma = 1) launches as many as the SMs
+/// hold at once; with sm_count 0 (unknown) it launches one per work item, which is correct but
+/// forgoes the overlap between items. LoadedVariant::load fills it from the current device.
 struct RuntimeShape {
   std::int64_t batch = 1, t_q = 1, t_kv = 1, h_kv = 1;
+  int sm_count = 0;
 };
 
 /// A TMA tensor map that a launch takes after SelectionParams (its kernel's second, third, ...

@@ -73,8 +73,9 @@ class DeviceProblem {
 /// a workspace of the size the plan asks for.
 class LoadedVariant {
  public:
-  /// Errors: a plan the catalog refuses (call "plan_for", the reason in detail), module load,
-  /// missing entries, shared memory over the device's limit, workspace allocation.
+  /// The plan is for `shape` on the current context's device (its SM count, when the shape
+  /// leaves it 0). Errors: a plan the catalog refuses (call "plan_for", the reason in detail),
+  /// module load, missing entries, shared memory over the device's limit, workspace allocation.
   static DriverResult<LoadedVariant> load(const KernelVariant& variant, const Cubin& cubin, const RuntimeShape& shape);
 
   /// Launches the plan on `problem` (asynchronously on `stream`).

@@ -82,10 +82,12 @@ struct Decision {
 Decision decide(const Snapshot&, const api::Problem&);
 
 /// The answer's "launch" object for a variant (its key, read back with jit::KernelVariant::parse)
-/// on a problem's run-time shape:
-/// {"launches":[{"entry","grid","block","shared_bytes"}...],"workspace_bytes"}. The error says
-/// why a variant cannot be planned (an unparsable key, knobs the catalog rejects).
-std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem&);
+/// on a problem's run-time shape, for a device of `sm_count` multiprocessors (0: unknown; a
+/// persistent design then gets one CTA per work item):
+/// {"launches":[{"entry","grid","block","shared_bytes"[,"tensor_maps"]}...],"workspace_bytes"}.
+/// The error says why a variant cannot be planned (an unparsable key, knobs the catalog rejects).
+std::expected<nlohmann::json, std::string> launch_json(const std::string& variant_key, const api::Problem&,
+                                                       int sm_count = 0);
 
 /// Groups verdicts by family and parses their points. Verdicts that are experimental, stale or
 /// whose point key does not parse are left out (they can never answer a dispatch); the number
