@@ -119,10 +119,10 @@ LoadedDriver load() {
 
   static DriverApi api;
   std::string missing;
-  auto resolve = [&](const char* name, auto& slot) {
+  auto resolve = [&](const char* name, auto& slot, int version = CUDA_VERSION) {
     void* fn = nullptr;
     CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SUCCESS;
-    CUresult r = get_proc(name, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &status);
+    CUresult r = get_proc(name, &fn, version, CU_GET_PROC_ADDRESS_DEFAULT, &status);
     if (r != CUDA_SUCCESS || status != CU_GET_PROC_ADDRESS_SUCCESS || !fn) {
       if (!missing.empty()) missing += ", ";
       missing += name;
@@ -144,8 +144,11 @@ LoadedDriver load() {
   resolve("cuDevicePrimaryCtxRetain", api.primary_ctx_retain);
   resolve("cuDevicePrimaryCtxRelease", api.primary_ctx_release);
   resolve("cuCtxSetCurrent", api.ctx_set_current);
-  resolve("cuCtxSynchronize", api.ctx_synchronize);
-  resolve("cuCtxGetDevice", api.ctx_get_device);
+  // cuCtxSynchronize and cuCtxGetDevice are no macros, but CUDA 13 added cuCtxSynchronize_v2(ctx)
+  // and cuCtxGetDevice_v2(device, ctx): asked for CUDA_VERSION 13000 the driver returns those,
+  // whose ABI is not the type of the plain declarations. Asked for 12.0, it returns the plain ones.
+  resolve("cuCtxSynchronize", api.ctx_synchronize, 12000);
+  resolve("cuCtxGetDevice", api.ctx_get_device, 12000);
   resolve("cuMemGetInfo", api.mem_get_info);
   resolve("cuModuleLoadData", api.module_load_data);
   resolve("cuModuleUnload", api.module_unload);

@@ -30,8 +30,8 @@ struct DriverApi {
   decltype(&::cuDevicePrimaryCtxRetain) primary_ctx_retain = nullptr;
   decltype(&::cuDevicePrimaryCtxRelease) primary_ctx_release = nullptr;
   decltype(&::cuCtxSetCurrent) ctx_set_current = nullptr;
-  decltype(&::cuCtxSynchronize) ctx_synchronize = nullptr;
-  decltype(&::cuCtxGetDevice) ctx_get_device = nullptr;
+  decltype(&::cuCtxSynchronize) ctx_synchronize = nullptr;  // resolved as of CUDA 12.0 (device.cpp says why)
+  decltype(&::cuCtxGetDevice) ctx_get_device = nullptr;  // resolved as of CUDA 12.0 (device.cpp says why)
   decltype(&::cuMemGetInfo) mem_get_info = nullptr;
   decltype(&::cuModuleLoadData) module_load_data = nullptr;
   decltype(&::cuModuleUnload) module_unload = nullptr;
