@@ -63,8 +63,15 @@ const std::vector<Knob>& knobs_of(Design d) {
   // per 64-element panel of a block into 128-byte-swizzled, unpadded slots, so the copies cost no
   // warps, no instruction stream and no padding. It comes first, so that where it exists the
   // default setting uses it (odometer order: its first valid setting is tma1 with producers 1).
-  static const std::vector<Knob> stream = {
-      {"tma", {1, 0}}, {"warps", {12, 16, 8, 4}}, {"producers", {2, 4, 1}}, {"stages", {5, 4, 3, 2}}};
+  // persist = 1 (tma = 1 only) launches persistent CTAs, as many as the SMs hold, whose producer
+  // warp builds the next tile's union while the ring streams this one (no drain between tiles);
+  // persist = 0 one CTA per tile. On the H200 (docs/performance.md, v9) persist = 1 won at
+  // T = 32768 random with 4 warps (two CTAs per SM), persist = 0 elsewhere with 12 warps.
+  static const std::vector<Knob> stream = {{"tma", {1, 0}},
+                                           {"warps", {12, 16, 8, 4}},
+                                           {"producers", {2, 4, 1}},
+                                           {"stages", {5, 4, 3, 2}},
+                                           {"persist", {0, 1}}};
   // decode_stream: a row's blocks split over `split` CTAs (a cluster when > 1), each streaming
   // its share through a ring of `stages` whole blocks with `producers` loading warps, while
   // `consumers` warps compute a block each. consumers + producers <= 8 keeps Q and a whole
@@ -211,6 +218,9 @@ std::string prefill_stream_problem(const KernelVariant& v) {
     return "producers=" + std::to_string(producers) + " of warps=" + std::to_string(warps) +
            " leave no consumer warp: use fewer producers or more warps";
   if (std::string problem = stream_tma_problem(v); !problem.empty()) return problem;
+  if (knob_value(v, "persist") == 1 && knob_value(v, "tma") != 1)
+    return "persist=1 overlaps tiles by having the TMA producer warp build the next tile's union; with cp.async "
+           "producers (tma=0) no warp is free for it: use persist=0";
   if (knob_value(v, "tma") == 1 && warps > 12)
     return "tma=1 with warps=" + std::to_string(warps) + " spills: its pipelined loop does not fit the 128 registers "
            "a thread has at 16 warps (ptxas on sm_90: 88-260 bytes of spills): use warps <= 12";
@@ -496,10 +506,10 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
     case Design::prefill_stream: {
       const int qtile = knob_value(v, "warps") - knob_value(v, "producers");  // consumer warps, a query each
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
-      // tma = 1 runs persistent CTAs that overlap one item's union build with another's stream:
-      // as many as the SMs hold at once (when the device is known), each looping over items.
+      // persist = 1 runs persistent CTAs that overlap one item's union build with another's
+      // stream: as many as the SMs hold at once (when the device is known), each looping over items.
       std::int64_t ctas = items;
-      if (knob_value(v, "tma") == 1 && shape.sm_count > 0)
+      if (knob_value(v, "persist") == 1 && shape.sm_count > 0)
         ctas = std::min<std::int64_t>(items, static_cast<std::int64_t>(shape.sm_count) * resident_ctas_per_sm(v));
       Launch l = launch("nsa_prefill_stream", ctas, engine_threads, engine_smem(v));
       l.tensor_maps = stream_tensor_maps(v);

@@ -63,9 +63,13 @@
 #include "block_copy.cuh"
 #include "query_tile_union.cuh"
 
-#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA)
-#error "prefill_stream.cu needs the knobs warps, producers, stages and tma (jit_kernels/catalog.cpp)"
+#if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES) || \
+    !defined(NSA_KNOB_TMA) || !defined(NSA_KNOB_PERSIST)
+#error "prefill_stream.cu needs the knobs tma, warps, producers, stages and persist (jit_kernels/catalog.cpp)"
 #endif
+// persist (tma = 1 only) changes only the launch: with 1 the plan sizes the grid to the CTAs the
+// SMs hold, so that each CTA loops over many tiles and the loop below overlaps them; with 0 the
+// grid has a CTA per tile and each CTA runs one (the same code, no next tile to build).
 
 constexpr int WARPS = NSA_KNOB_WARPS;
 constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
@@ -252,7 +256,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_
   unsigned seq = 0;
 
 #if NSA_KNOB_TMA
-  // Persistent and pipelined (grid.x <= items, one CTA per SM as the plan sizes it): the k-th
+  // Persistent and pipelined (grid.x <= items; persist = 1 sizes it to the SMs): the k-th
   // item of this CTA (blockIdx.x + k * grid.x) uses union buffer k % 2. No CTA barrier stands
   // between items: the producer warp issues the first STAGES blocks of item k, then builds item
   // k + 1's union into the other buffer (the ring keeps the consumers busy meanwhile) and arrives

@@ -390,7 +390,7 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   const auto on_sm90 = variants_for(kDecode, "sm_90", Design::prefill_stream);
   ASSERT_FALSE(on_sm90.empty());
   EXPECT_EQ(on_sm90.front().key(),
-            "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_warps12_producers1_stages5.sm90");
+            "sel_fwd.prefill_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_warps12_producers1_stages5_persist0.sm90");
   std::set<int> warp_counts;
   for (const auto& v : on_sm90) {
     const int warps = v.knob("warps", 0), queries = warps - v.knob("producers", 0);
@@ -406,7 +406,7 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   EXPECT_EQ(warp_counts, (std::set<int>{4, 8, 12, 16}));
 
   KernelVariant idle = on_sm90.front();
-  idle.knobs = {{"tma", 0}, {"warps", 4}, {"producers", 4}, {"stages", 2}};
+  idle.knobs = {{"tma", 0}, {"warps", 4}, {"producers", 4}, {"stages", 2}, {"persist", 0}};
   expect_refused(idle, RuntimeShape{1, 100, 100, 2}, "leave no consumer warp", "a CTA of producers only was planned");
   KernelVariant wide = default_variant(Design::prefill_stream, kDecode, "sm_90");
   wide.spec = kWideHeads;
@@ -524,20 +524,26 @@ TEST(Catalog, StreamingDesignsCopyWithTheTmaOnSm90Only) {
       if (name == "producers") value = 2;
     expect_refused(two_producers, RuntimeShape{1, 1, 100, 2}, "use producers=1", "tma=1 with two producer warps");
   }
-  // prefill_stream with tma = 1 is persistent where the device is known: as many CTAs as its SMs
-  // hold at once (one of 218 KiB; two of 81 KiB and 128 threads at 255 registers), each looping.
-  const auto persistent = default_variant(Design::prefill_stream, kDecode, "sm_90");
+  // prefill_stream with persist = 1 is persistent where the device is known: as many CTAs as its
+  // SMs hold at once (one of 218 KiB; two of 81 KiB and 128 threads at 255 registers), each looping.
+  KernelVariant persistent = default_variant(Design::prefill_stream, kDecode, "sm_90");
   ASSERT_EQ(persistent.knob("tma", 0), 1);
+  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 4u * ((32768 + 10) / 11))
+      << "persist=0: a CTA per tile";
+  persistent.knobs.back().second = 1;
   EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 132u);
   EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4}).launches[0].grid[0], 4u * ((32768 + 10) / 11))
       << "an unknown device gets one CTA per work item";
   EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 20, 20, 1, 132}).launches[0].grid[0], 2u) << "never more than items";
   KernelVariant small = persistent;
-  small.knobs = {{"tma", 1}, {"warps", 4}, {"producers", 1}, {"stages", 2}};
+  small.knobs = {{"tma", 1}, {"warps", 4}, {"producers", 1}, {"stages", 2}, {"persist", 1}};
   EXPECT_EQ(plan_for(small, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 264u);
   KernelVariant wide_tma = persistent;
-  wide_tma.knobs = {{"tma", 1}, {"warps", 16}, {"producers", 1}, {"stages", 3}};
+  wide_tma.knobs = {{"tma", 1}, {"warps", 16}, {"producers", 1}, {"stages", 3}, {"persist", 0}};
   expect_refused(wide_tma, RuntimeShape{1, 1, 100, 2}, "use warps <= 12", "a spilling 16-warp TMA setting");
+  KernelVariant persistent_copies = persistent;
+  persistent_copies.knobs = {{"tma", 0}, {"warps", 12}, {"producers", 2}, {"stages", 5}, {"persist", 1}};
+  expect_refused(persistent_copies, RuntimeShape{1, 1, 100, 2}, "use persist=0", "persist=1 with cp.async producers");
 
   // The swizzled ring has no padding but starts 1024-byte aligned: the layout reserves the slack.
   EXPECT_EQ(L::ring_slot_bytes(128, 128, 64, 1), 64 * 256 * 2);
