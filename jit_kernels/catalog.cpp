@@ -63,10 +63,11 @@ const std::vector<Knob>& knobs_of(Design d) {
   // per 64-element panel of a block into 128-byte-swizzled, unpadded slots, so the copies cost no
   // warps, no instruction stream and no padding. It comes first, so that where it exists the
   // default setting uses it (odometer order: its first valid setting is tma1 with producers 1).
-  // persist = 1 (tma = 1 only) launches persistent CTAs, as many as the SMs hold, whose producer
-  // warp builds the next tile's union while the ring streams this one (no drain between tiles);
-  // persist = 0 one CTA per tile. On the H200 (docs/performance.md, v9) persist = 1 won at
-  // T = 32768 random with 4 warps (two CTAs per SM), persist = 0 elsewhere with 12 warps.
+  // persist = 1 (tma = 1) launches persistent CTAs, as many as the SMs hold, whose producer warp
+  // builds the next tile's union while the ring streams this one; persist = 0 one CTA per tile.
+  // On the H200 (docs/performance.md, v9) persist = 1 won only where two CTAs share an SM (4
+  // warps, the other CTA hiding the build), by 0.8% at T = 32768 random, and lost 4-13% with one
+  // CTA per SM (the one-warp build outlasted the ring), so it is offered only where two fit.
   static const std::vector<Knob> stream = {{"tma", {1, 0}},
                                            {"warps", {12, 16, 8, 4}},
                                            {"producers", {2, 4, 1}},
@@ -150,6 +151,18 @@ std::int64_t engine_smem(const KernelVariant& v) {
   return 0;
 }
 
+/// CTAs of `v` one SM holds at once, counted conservatively (so a persistent grid of
+/// sm_count times this never needs a second wave): the 228 KiB of shared memory an sm_90 SM has
+/// (1 KiB reserved per CTA), 2048 threads, and 65536 registers at the register class's budget.
+std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
+  const std::int64_t smem = engine_smem(v) + 1024;
+  const std::int64_t threads = 32LL * knob_value(v, "warps");
+  const std::int64_t by_smem = (228LL * 1024) / smem;
+  const std::int64_t by_threads = 2048 / threads;
+  const std::int64_t by_registers = 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
+  return std::max<std::int64_t>(1, std::min({by_smem, by_threads, by_registers}));
+}
+
 /// Why a split_kv setting is not worth offering, or "" when it is. Both rules count the tiles of
 /// a full row (n * block keys: every selected block visible, as in decode), the case the design
 /// is for; rows with fewer visible keys (causal cuts, -1 slots) still run correctly, with some
@@ -221,6 +234,9 @@ std::string prefill_stream_problem(const KernelVariant& v) {
   if (knob_value(v, "persist") == 1 && knob_value(v, "tma") != 1)
     return "persist=1 overlaps tiles by having the TMA producer warp build the next tile's union; with cp.async "
            "producers (tma=0) no warp is free for it: use persist=0";
+  if (knob_value(v, "persist") == 1 && resident_ctas_per_sm(v) < 2)
+    return "persist=1 with one CTA per SM was 4-13% slower than persist=0 on the H200 (the producer warp's union "
+           "build outlasts the ring, and no second CTA hides it): it is offered where two CTAs share an SM";
   if (knob_value(v, "tma") == 1 && warps > 12)
     return "tma=1 with warps=" + std::to_string(warps) + " spills: its pipelined loop does not fit the 128 registers "
            "a thread has at 16 warps (ptxas on sm_90: 88-260 bytes of spills): use warps <= 12";
@@ -431,18 +447,6 @@ unsigned shared_bytes_for(const KernelVariant& v) {
 }
 
 namespace {
-
-/// CTAs of `v` one SM holds at once, counted conservatively (so a persistent grid of
-/// sm_count times this never needs a second wave): the 228 KiB of shared memory an sm_90 SM has
-/// (1 KiB reserved per CTA), 2048 threads, and 65536 registers at the register class's budget.
-std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
-  const std::int64_t smem = engine_smem(v) + 1024;
-  const std::int64_t threads = 32LL * knob_value(v, "warps");
-  const std::int64_t by_smem = (228LL * 1024) / smem;
-  const std::int64_t by_threads = 2048 / threads;
-  const std::int64_t by_registers = 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
-  return std::max<std::int64_t>(1, std::min({by_smem, by_threads, by_registers}));
-}
 
 /// The tensor maps a streaming design's launch takes: K's and V's, boxes of one block, when tma = 1.
 std::vector<TensorMapArg> stream_tensor_maps(const KernelVariant& v) {

@@ -524,20 +524,26 @@ TEST(Catalog, StreamingDesignsCopyWithTheTmaOnSm90Only) {
       if (name == "producers") value = 2;
     expect_refused(two_producers, RuntimeShape{1, 1, 100, 2}, "use producers=1", "tma=1 with two producer warps");
   }
-  // prefill_stream with persist = 1 is persistent where the device is known: as many CTAs as its
-  // SMs hold at once (one of 218 KiB; two of 81 KiB and 128 threads at 255 registers), each looping.
+  // prefill_stream with persist = 1 (4 warps) is persistent where the device is known: as many
+  // CTAs as its SMs hold at once (two of <= 113 KiB, 128 threads at 255 registers), each looping.
   KernelVariant persistent = default_variant(Design::prefill_stream, kDecode, "sm_90");
   ASSERT_EQ(persistent.knob("tma", 0), 1);
   EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 4u * ((32768 + 10) / 11))
       << "persist=0: a CTA per tile";
-  persistent.knobs.back().second = 1;
-  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 132u);
-  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4}).launches[0].grid[0], 4u * ((32768 + 10) / 11))
+  persistent.knobs = {{"tma", 1}, {"warps", 4}, {"producers", 1}, {"stages", 3}, {"persist", 1}};
+  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 264u);
+  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 32768, 32768, 4}).launches[0].grid[0], 4u * ((32768 + 2) / 3))
       << "an unknown device gets one CTA per work item";
-  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 20, 20, 1, 132}).launches[0].grid[0], 2u) << "never more than items";
-  KernelVariant small = persistent;
-  small.knobs = {{"tma", 1}, {"warps", 4}, {"producers", 1}, {"stages", 2}, {"persist", 1}};
-  EXPECT_EQ(plan_for(small, RuntimeShape{1, 32768, 32768, 4, 132}).launches[0].grid[0], 264u);
+  EXPECT_EQ(plan_for(persistent, RuntimeShape{1, 20, 20, 1, 132}).launches[0].grid[0], 7u) << "never more than items";
+  for (const auto& knobs : {std::vector<std::pair<std::string, int>>{{"tma", 1}, {"warps", 4}, {"producers", 1},
+                                                                      {"stages", 5}, {"persist", 1}},  // 175 KiB
+                             std::vector<std::pair<std::string, int>>{{"tma", 1}, {"warps", 12}, {"producers", 1},
+                                                                      {"stages", 5}, {"persist", 1}}}) {
+    KernelVariant alone = persistent;
+    alone.knobs = knobs;
+    expect_refused(alone, RuntimeShape{1, 1, 100, 2}, "where two CTAs share an SM",
+                   "a persistent setting with one CTA per SM");
+  }
   KernelVariant wide_tma = persistent;
   wide_tma.knobs = {{"tma", 1}, {"warps", 16}, {"producers", 1}, {"stages", 3}, {"persist", 0}};
   expect_refused(wide_tma, RuntimeShape{1, 1, 100, 2}, "use warps <= 12", "a spilling 16-warp TMA setting");
