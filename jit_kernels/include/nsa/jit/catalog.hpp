@@ -32,20 +32,28 @@
 //                   warps   4, 8
 //                   tile    64, 128, 32
 //                   stages  2, 3
-//   prefill_stream  warps   12, 16, 8, 4      register class (16: 128 registers, 12: 168, 8 and 4:
+//   prefill_stream  tma     1, 0              1: one thread copies each block with the tensor
+//                                               memory accelerator into 128-byte-swizzled slots
+//                                               (sm_90+, D_qk and D_v multiples of 64, one
+//                                               producer warp, warps <= 12); 0: cp.async
+//                   warps   12, 16, 8, 4      register class (16: 128 registers, 12: 168, 8 and 4:
 //                                               255); warps - producers consecutive queries per
 //                                               CTA, one consumer warp each (h <= 16); producers
 //                                               stream the union of their blocks through a ring,
 //                                               consumers compute only their query's blocks
 //                   producers 2, 4, 1         loading warps
 //                   stages  5, 4, 3, 2        ring depth in whole blocks
-//   decode_stream   split   1, 4, 2           CTAs per (b, g, t) row, each a contiguous share of
+//                   persist 0, 1              1 (tma = 1, where two CTAs share an SM): persistent
+//                                               CTAs, one grid of what the SMs hold, the next
+//                                               tile's union built while this one streams
+//   decode_stream   tma     1, 0              as prefill_stream's (one producer warp when 1)
+//                   split   1, 4, 2           CTAs per (b, g, t) row, each a contiguous share of
 //                                               its visible blocks; > 1: the row's CTAs are one
 //                                               cluster merging through distributed shared
 //                                               memory (sm_90+); at most n
 //                   consumers 4, 2, 6         warps computing whole blocks (h <= 16), a block each
-//                   producers 2               warps streaming the share's blocks through a ring
-//                                               (consumers + producers <= 8)
+//                   producers 2, 1            warps streaming the share's blocks through a ring
+//                                               (consumers + producers <= 8; 1 only with tma = 1)
 //                   stages  4, 3, 2, 5        ring depth in whole blocks; > 2 only up to a CTA's
 //                                               share of a full row
 //
@@ -92,8 +100,9 @@ std::vector<KernelVariant> all_variants(const FamilySpec&, const std::string& ar
 /// (when nothing fits) the design's nominal knobs, which a compile or launch will then reject.
 KernelVariant default_variant(Design, const FamilySpec&, const std::string& arch);
 
-/// The launches (entries, grids, blocks, dynamic shared memory) and the workspace a variant
-/// needs for `shape`. Grids are capped at 2^31-1 CTAs (kernels loop over the rest). Throws
+/// The launches (entries, grids, blocks, dynamic shared memory, tensor maps) and the workspace a
+/// variant needs for `shape`. Grids are capped at 2^31-1 CTAs (kernels loop over the rest); a
+/// persistent variant's grid is shape.sm_count times the CTAs one SM holds (when sm_count > 0). Throws
 /// std::invalid_argument for a variant whose knobs are not a valid setting (unknown knob value,
 /// a setting variants_for would not offer for its spec) or a non-positive shape.
 LaunchPlan plan_for(const KernelVariant&, const RuntimeShape&);
