@@ -39,11 +39,14 @@
 // writes O = 0 and LSE = -inf. Rows of a block past the row's visible limit are copied from the
 // block's first row (finite data, never past T_kv) and masked.
 //
-// Knobs: NSA_KNOB_SPLIT (1..8; > 1 needs sm_90 clusters), NSA_KNOB_CONSUMERS, NSA_KNOB_PRODUCERS
-// (consumers + producers <= 8 warps, so a thread may use 255 registers: layout.cuh's stream
-// register plan), NSA_KNOB_STAGES (2..8: ring depth in whole blocks). The catalog offers split
-// {1, 4, 2}, consumers {4, 2, 6}, producers {2}, stages {4, 3, 2, 5}: the values that won
-// somewhere among 84 settings measured on the H100.
+// Knobs: NSA_KNOB_TMA (1: one producer thread copies each block with the tensor memory
+// accelerator into 128-byte-swizzled slots, as prefill_stream's; K's and V's tensor maps are
+// kernel arguments after p), NSA_KNOB_SPLIT (1..8; > 1 needs sm_90 clusters), NSA_KNOB_CONSUMERS,
+// NSA_KNOB_PRODUCERS (consumers + producers <= 8 warps, so a thread may use 255 registers:
+// layout.cuh's stream register plan), NSA_KNOB_STAGES (2..8: ring depth in whole blocks). The
+// catalog offers split {1, 4, 2}, consumers {4, 2, 6}, producers {2} (1 with tma = 1), stages
+// {4, 3, 2, 5}: the values that won somewhere among 84 settings measured on the H100; tma = 1 was
+// the fastest in every decode case on the H200 (docs/performance.md, v8).
 // Needs h <= 16. Launch: grid.x = min(rows * SPLIT, the largest multiple of SPLIT <= 2^31-1) (CTAs
 // loop over the rest), block = 32 * (consumers + producers), dynamic shared memory =
 // nsa_layout::decode_stream_smem(...). No workspace.

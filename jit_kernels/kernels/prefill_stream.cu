@@ -46,7 +46,11 @@
 // four were needed; with the lean copy (~3 a copy) the kernel got 1.13-1.25x faster and two
 // producers beat four (two more consumers, so two more queries sharing each block). TMA bulk
 // copies of each 256-byte K/V row (one cp.async.bulk per row) were 2x slower still, and are not
-// offered.
+// offered. With tma = 1 (sm_90) one thread of the one producer warp copies a block as bulk tensor
+// copies of its 64-element panels (block_copy.cuh, tma_copy_block) into unpadded 128-byte-swizzled
+// slots that the engine reads as "Swizzled rings"; full[s] then counts that thread's arrival with
+// the block's byte count. On the H200 that was 1.19-1.26x faster on random prefill
+// (docs/performance.md, v8), and it frees the second producer warp for an eleventh consumer.
 //
 // Numerics are those of the other designs: scores scaled into the log2 domain, online softmax in
 // fp32, P rounded to the input dtype for P V, O normalised once at the end; a query that sees no
@@ -54,11 +58,13 @@
 // within one, the query's visible prefix (its causal limit) masks the rest, and CHUNK steps past
 // that prefix are skipped.
 //
-// Knobs: NSA_KNOB_WARPS (4, 8, 12, 16: the register class, see layout.cuh's register plan),
-// NSA_KNOB_PRODUCERS (2, 4: loading warps; the rest are consumers, one query each),
-// NSA_KNOB_STAGES (2..5: ring depth in whole blocks). Needs h <= 16. Launch: grid.x =
-// min(B * H_kv * ceil(T_q / QTILE), 2^31-1) (CTAs loop over the rest), block = 32 * warps,
-// dynamic shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
+// Knobs: NSA_KNOB_TMA (1: TMA copies, K's and V's tensor maps are kernel arguments after p; 0:
+// cp.async), NSA_KNOB_WARPS (4, 8, 12, 16: the register class, see layout.cuh's register plan),
+// NSA_KNOB_PRODUCERS (1, 2, 4: loading warps; the rest are consumers, one query each),
+// NSA_KNOB_STAGES (2..5: ring depth in whole blocks), NSA_KNOB_PERSIST (the launch's grid, below).
+// Needs h <= 16. Launch: grid.x = min(B * H_kv * ceil(T_q / QTILE), 2^31-1), or with persist = 1
+// the SMs times the CTAs one SM holds (CTAs loop over the rest), block = 32 * warps, dynamic
+// shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
 #include "attention_core.cuh"
 #include "block_copy.cuh"
 #include "query_tile_union.cuh"
