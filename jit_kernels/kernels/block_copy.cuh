@@ -4,6 +4,16 @@
 
 #include "common.cuh"
 
+// The parameters of a streaming design's kernel: SelectionParams, then with tma = 1 the tensor
+// maps of K and V that the launcher encodes for each launch (docs/protocol.md, "Tensor maps").
+#if defined(NSA_KNOB_TMA) && NSA_KNOB_TMA
+#define NSA_STREAM_PARAMS \
+  const __grid_constant__ SelectionParams p, const __grid_constant__ TmaDescriptor k_map, \
+      const __grid_constant__ TmaDescriptor v_map
+#else
+#define NSA_STREAM_PARAMS const SelectionParams p
+#endif
+
 /// Initialises the ring's 2 * stages mbarriers (8 bytes each, full[s] at full0 + 8 s, empty[s] at
 /// empty0 + 8 s): full[s] completes when `copiers` producer lanes have arrived (each through
 /// cp.async.mbarrier.arrive, once its copies of the stage's block have landed; or, with `tma`,

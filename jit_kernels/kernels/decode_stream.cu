@@ -180,15 +180,6 @@ __device__ __forceinline__ void stash_state(const Core& core, float* merge_o, fl
 
 }  // namespace
 
-#if NSA_KNOB_TMA
-// The tensor maps of K and V (docs/protocol.md, "tensor_maps"), encoded by the launcher.
-#define NSA_STREAM_PARAMS \
-  const __grid_constant__ SelectionParams p, const __grid_constant__ TmaDescriptor k_map, \
-      const __grid_constant__ TmaDescriptor v_map
-#else
-#define NSA_STREAM_PARAMS const SelectionParams p
-#endif
-
 extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     nsa_decode_stream(NSA_STREAM_PARAMS) {
   require_smem(nsa_layout::decode_stream_smem(DQK, DV, H, NSEL, BLK, CONSUMERS, STAGES, SPLIT, TMA));

@@ -199,15 +199,6 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 
 }  // namespace
 
-#if NSA_KNOB_TMA
-// The tensor maps of K and V (docs/protocol.md, "tensor_maps"), encoded by the launcher.
-#define NSA_STREAM_PARAMS \
-  const __grid_constant__ SelectionParams p, const __grid_constant__ TmaDescriptor k_map, \
-      const __grid_constant__ TmaDescriptor v_map
-#else
-#define NSA_STREAM_PARAMS const SelectionParams p
-#endif
-
 extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_STREAM_PARAMS) {
   require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
   unsigned char* smem = dynamic_smem();
