@@ -168,24 +168,6 @@ bool same_number(double a, double b) { return a == b || (std::isnan(a) && std::i
 
 }  // namespace
 
-json plan_to_json(const jit::LaunchPlan& plan) {
-  json launches = json::array();
-  for (const auto& l : plan.launches) {
-    json launch = {{"entry", l.entry},
-                   {"grid", {l.grid[0], l.grid[1], l.grid[2]}},
-                   {"block", {l.block[0], l.block[1], l.block[2]}},
-                   {"shared_bytes", l.shared_bytes}};
-    if (!l.tensor_maps.empty()) {
-      json maps = json::array();
-      for (const auto& m : l.tensor_maps)
-        maps.push_back({{"operand", std::string(jit::to_string(m.operand))}, {"dim", m.dim}, {"box_rows", m.box_rows}});
-      launch["tensor_maps"] = std::move(maps);
-    }
-    launches.push_back(std::move(launch));
-  }
-  return {{"launches", std::move(launches)}, {"workspace_bytes", plan.workspace_bytes}};
-}
-
 // Repetitions ----------------------------------------------------------------------------------
 
 std::optional<std::string> Repetitions::validate() const {
@@ -203,17 +185,7 @@ bool JobVariant::operator==(const JobVariant& o) const {
   auto bytes = [](const std::shared_ptr<const std::vector<std::uint8_t>>& p) {
     return p ? *p : std::vector<std::uint8_t>{};
   };
-  auto same_plan = [](const jit::LaunchPlan& a, const jit::LaunchPlan& b) {
-    if (a.workspace_bytes != b.workspace_bytes || a.launches.size() != b.launches.size()) return false;
-    for (std::size_t i = 0; i < a.launches.size(); ++i) {
-      const auto &x = a.launches[i], &y = b.launches[i];
-      for (int d = 0; d < 3; ++d)
-        if (x.grid[d] != y.grid[d] || x.block[d] != y.block[d]) return false;
-      if (x.entry != y.entry || x.shared_bytes != y.shared_bytes || x.tensor_maps != y.tensor_maps) return false;
-    }
-    return true;
-  };
-  return key == o.key && backend == o.backend && same_plan(plan, o.plan) && bytes(cubin) == bytes(o.cubin);
+  return key == o.key && backend == o.backend && plan == o.plan && bytes(cubin) == bytes(o.cubin);
 }
 
 // Results ----------------------------------------------------------------------------------------

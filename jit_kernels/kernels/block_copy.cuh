@@ -43,6 +43,13 @@ __device__ __forceinline__ elem_t* align_ring(elem_t* after) {
   }
 }
 
+/// Fetches K's and V's tensor maps into the TMA unit ahead of the first copy (the copying thread
+/// calls it at kernel start, while the CTA builds its first row list or union).
+__device__ __forceinline__ void tma_prefetch_maps(const TmaDescriptor* k_map, const TmaDescriptor* v_map) {
+  tma_prefetch_descriptor(k_map);
+  tma_prefetch_descriptor(v_map);
+}
+
 /// One whole block into a ring slot through the tensor memory accelerator, by one thread: keys
 /// [key0, key0 + BLK) of KV group g of batch b, K into the D_qk / 64 panels at shared address
 /// `k_slot` and V into the D_v / 64 panels at `v_slot` (each [BLK][64] elements, 128-byte

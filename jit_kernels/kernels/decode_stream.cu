@@ -201,10 +201,7 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
   // its byte count.
   if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)CONSUMERS, TMA);
 #if NSA_KNOB_TMA
-  if (threadIdx.x == CONSUMERS * 32) {  // the copying thread: the maps reach the TMA unit during the row build
-    tma_prefetch_descriptor(&k_map);
-    tma_prefetch_descriptor(&v_map);
-  }
+  if (threadIdx.x == CONSUMERS * 32) tma_prefetch_maps(&k_map, &v_map);  // the copying thread, during the row build
 #endif
   // (The row build below synchronises the CTA before any barrier is used.)
 
@@ -223,8 +220,6 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     const int share = (int)(item % SPLIT);
     const RowId r = split_row(rid, p);
     const elem_t* q_rows = ptr_elem(p.q) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DQK;
-    const elem_t* k_bg = ptr_elem(p.k) + (r.b * p.t_kv * p.h_kv + r.g) * DQK;
-    const elem_t* v_bg = ptr_elem(p.v) + (r.b * p.t_kv * p.h_kv + r.g) * DV;
 
     // Consumers start the Q copies (one 16-row tile, padding heads zero-filled) before the row
     // list is built; they land while it is.
@@ -246,6 +241,8 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
         produce_tma(row, first, last, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
                     (int)r.g, (int)r.b);
 #else
+      const elem_t* k_bg = ptr_elem(p.k) + (r.b * p.t_kv * p.h_kv + r.g) * DQK;
+      const elem_t* v_bg = ptr_elem(p.v) + (r.b * p.t_kv * p.h_kv + r.g) * DV;
       produce(row, first, last, seq, (int)threadIdx.x - CONSUMERS * 32, full0, empty0, k_ring, v_ring, k_bg, v_bg,
               p.h_kv * DQK, p.h_kv * DV);
 #endif

@@ -223,10 +223,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_
     }
   }
 #if NSA_KNOB_TMA
-  if (threadIdx.x == QTILE * 32) {  // the copying thread: the maps reach the TMA unit during the union build
-    tma_prefetch_descriptor(&k_map);
-    tma_prefetch_descriptor(&v_map);
-  }
+  if (threadIdx.x == QTILE * 32) tma_prefetch_maps(&k_map, &v_map);  // the copying thread, during the union build
 #endif
   // (The union build below synchronises the CTA before any barrier is used.)
 

@@ -94,6 +94,7 @@ struct Launch {
   unsigned block[3] = {128, 1, 1};
   unsigned shared_bytes = 0;         // dynamic shared memory
   std::vector<TensorMapArg> tensor_maps;  // kernel arguments after SelectionParams (TMA variants)
+  bool operator==(const Launch&) const = default;
 };
 
 /// Everything needed to run a variant on a shape: its launches, in order, all taking the same
@@ -101,6 +102,7 @@ struct Launch {
 struct LaunchPlan {
   std::vector<Launch> launches;
   std::uint64_t workspace_bytes = 0;
+  bool operator==(const LaunchPlan&) const = default;
 };
 
 }  // namespace nsa::jit
