@@ -557,9 +557,9 @@ def prefill_options(args):
 
 
 def decode_options(args):
-    """What the decode run leaves out unless --all-designs: prefill_stream, a prefill design whose
-    CTA of qtile consumer warps holds one query in decode (T_q = 1)."""
-    return ["--exclude-designs", "prefill_stream"]
+    """What the decode run leaves out unless --all-designs: prefill_stream and prefill_group, prefill
+    designs whose CTA of qtile consumer warps holds one query in decode (T_q = 1)."""
+    return ["--exclude-designs", "prefill_stream,prefill_group"]
 
 
 def recorded_dir(path, scratch):

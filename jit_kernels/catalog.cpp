@@ -88,6 +88,12 @@ const std::vector<Knob>& knobs_of(Design d) {
                                            {"consumers", {4, 2, 6}},
                                            {"producers", {2, 1}},
                                            {"stages", {4, 3, 2, 5}}};
+  // prefill_group: prefill_stream with tma = 1 and one producer warp, whose consumer warps form
+  // (warps - 1) / 4 warpgroups of four queries computing each block together with wgmma
+  // (sm_90a). 9 warps: two groups, one CTA per SM; 5 warps: one group, two CTAs per SM (the
+  // persist rule). 13 warps are not offered: four warps then share a scheduler's 16384
+  // registers, 128 a thread, and ptxas spills 736 bytes (sm_90a, D 128 and 192).
+  static const std::vector<Knob> group = {{"warps", {9, 5}}, {"stages", {5, 4, 3, 2}}, {"persist", {0, 1}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
@@ -96,6 +102,7 @@ const std::vector<Knob>& knobs_of(Design d) {
     case Design::prefill_shared: return prefill;
     case Design::prefill_stream: return stream;
     case Design::decode_stream: return decode;
+    case Design::prefill_group: return group;
   }
   return none;
 }
@@ -147,6 +154,7 @@ std::int64_t engine_smem(const KernelVariant& v) {
     case Design::decode_stream:
       return L::decode_stream_smem(s.d_qk, s.d_v, s.h, s.n, s.block, knob_value(v, "consumers"), stages,
                                    knob_value(v, "split"), knob_value(v, "tma"));
+    case Design::prefill_group: return L::prefill_group_smem(s.d_qk, s.d_v, s.n, s.block, warps, stages);
   }
   return 0;
 }
@@ -159,7 +167,10 @@ std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
   const std::int64_t threads = 32LL * knob_value(v, "warps");
   const std::int64_t by_smem = (228LL * 1024) / smem;
   const std::int64_t by_threads = 2048 / threads;
-  const std::int64_t by_registers = 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
+  // prefill_group's consumers take 164 registers (ptxas, sm_90a): 168 a thread, so 12 warps an SM.
+  const std::int64_t by_registers = v.design == Design::prefill_group
+                                        ? 12 / knob_value(v, "warps")
+                                        : 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
   return std::max<std::int64_t>(1, std::min({by_smem, by_threads, by_registers}));
 }
 
@@ -253,6 +264,37 @@ std::string prefill_stream_problem(const KernelVariant& v) {
   return "";
 }
 
+/// Why a prefill_group setting cannot run, or "" when it can. Its consumer warpgroups compute a
+/// block's scores as one m64n64 wgmma over the TMA's swizzled ring (attention_wgmma.cuh), which
+/// fixes the arch (wgmma is an sm_90a instruction: Hopper only), the block (64 keys), the head
+/// dims (64-element panels; O of at most 128 columns in registers) and h <= 16 (16 rows a query).
+std::string prefill_group_problem(const KernelVariant& v) {
+  const FamilySpec& s = v.spec;
+  if (arch_number(v.arch) != 90)
+    return "prefill_group computes with wgmma, an instruction of sm_90a (Hopper) only; " + v.arch +
+           " has none: use prefill_stream";
+  if (s.h > 16)
+    return "h=" + std::to_string(s.h) + " query heads per group exceed the 16 rows a prefill_group query has in its "
+           "warpgroup's M = 64 tile; use prefill_shared or query_outer";
+  if (s.block != 64)
+    return "prefill_group computes a block's scores as one m64n64 wgmma, so block must be 64, not " +
+           std::to_string(s.block) + "; use prefill_stream";
+  if (s.d_qk % 64 != 0 || (s.d_v != 64 && s.d_v != 128))
+    return "prefill_group reads 64-element panels and keeps O in registers: D_qk a multiple of 64 and D_v 64 or 128 "
+           "(got D_qk=" + std::to_string(s.d_qk) + ", D_v=" + std::to_string(s.d_v) + "); use prefill_stream";
+  if (knob_value(v, "persist") == 1 && resident_ctas_per_sm(v) < 2)
+    return "persist=1 is offered where two CTAs share an SM (prefill_stream's rule: with one CTA per SM the producer "
+           "warp's union build outlasts the ring)";
+  const std::int64_t smem = engine_smem(v);
+  if (smem > max_dynamic_shared_bytes(v.arch))
+    return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +
+           std::to_string(max_dynamic_shared_bytes(v.arch)) + ": use fewer stages or warps";
+  if (knob_value(v, "warps") == 5 && 2 * (smem + 1024) > 228 * 1024)
+    return "warps=5 is the setting two CTAs per SM share, and " + std::to_string(smem) +
+           " bytes of shared memory per CTA leave room for one: use fewer stages";
+  return "";
+}
+
 /// Why a decode_stream setting cannot run or is not worth offering, or "" when it can. Its
 /// consumers are one-warp engines of 16 rows (h <= 16) with Q and a step's scores in registers,
 /// which the register plan allows up to 8 warps (consumers + producers). Like split_kv, it counts
@@ -320,6 +362,7 @@ std::string setting_problem(const KernelVariant& v) {
     if (std::string problem = split_kv_problem(v); !problem.empty()) return problem;
   if (v.design == Design::prefill_stream) return prefill_stream_problem(v);
   if (v.design == Design::decode_stream) return decode_stream_problem(v);
+  if (v.design == Design::prefill_group) return prefill_group_problem(v);
   const int rows = engine_rows(v);
   if (rows > L::kMaxRows)
     return "qtile*h = " + std::to_string(rows) + " rows exceed the 128 rows one CTA holds";
@@ -356,6 +399,7 @@ std::string_view source_for(Design d) {
     case Design::prefill_shared: return "prefill_shared.cu";
     case Design::prefill_stream: return "prefill_stream.cu";
     case Design::decode_stream: return "decode_stream.cu";
+    case Design::prefill_group: return "prefill_group.cu";
   }
   return "";
 }
@@ -363,8 +407,18 @@ std::string_view source_for(Design d) {
 const std::vector<Design>& all_designs() {
   static const std::vector<Design> designs = {Design::reference,      Design::sdpa_packed,    Design::query_outer,
                                               Design::split_kv,       Design::prefill_shared, Design::prefill_stream,
-                                              Design::decode_stream};
+                                              Design::decode_stream,  Design::prefill_group};
   return designs;
+}
+
+std::string design_names(bool sparse_only) {
+  std::string out;
+  for (Design d : all_designs()) {
+    if (sparse_only && !is_sparse(d)) continue;
+    if (!out.empty()) out += ", ";
+    out += to_string(d);
+  }
+  return out;
 }
 
 std::optional<std::string> unsupported_reason(const FamilySpec& s) {
@@ -450,7 +504,7 @@ namespace {
 
 /// The tensor maps a streaming design's launch takes: K's and V's, boxes of one block, when tma = 1.
 std::vector<TensorMapArg> stream_tensor_maps(const KernelVariant& v) {
-  if (knob_value(v, "tma") != 1) return {};
+  if (knob_value(v, "tma") != 1 && v.design != Design::prefill_group) return {};
   const auto rows = static_cast<unsigned>(v.spec.block);
   return {TensorMapArg{TensorMapArg::Operand::k, static_cast<unsigned>(v.spec.d_qk), rows},
           TensorMapArg{TensorMapArg::Operand::v, static_cast<unsigned>(v.spec.d_v), rows}};
@@ -507,15 +561,17 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       plan.launches.push_back(launch("nsa_prefill_shared", items, engine_threads, engine_smem(v)));
       break;
     }
-    case Design::prefill_stream: {
-      const int qtile = knob_value(v, "warps") - knob_value(v, "producers");  // consumer warps, a query each
+    case Design::prefill_stream:
+    case Design::prefill_group: {
+      const bool group = v.design == Design::prefill_group;  // one producer warp
+      const int qtile = knob_value(v, "warps") - (group ? 1 : knob_value(v, "producers"));  // a query per consumer warp
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
       // persist = 1 runs persistent CTAs that overlap one item's union build with another's
       // stream: as many as the SMs hold at once (when the device is known), each looping over items.
       std::int64_t ctas = items;
       if (knob_value(v, "persist") == 1 && shape.sm_count > 0)
         ctas = std::min<std::int64_t>(items, static_cast<std::int64_t>(shape.sm_count) * resident_ctas_per_sm(v));
-      Launch l = launch("nsa_prefill_stream", ctas, engine_threads, engine_smem(v));
+      Launch l = launch(group ? "nsa_prefill_group" : "nsa_prefill_stream", ctas, engine_threads, engine_smem(v));
       l.tensor_maps = stream_tensor_maps(v);
       plan.launches.push_back(l);
       break;

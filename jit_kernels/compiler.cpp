@@ -19,7 +19,7 @@
 namespace nsa::jit {
 
 CubinKey CubinKey::for_variant(const KernelVariant& variant) {
-  return CubinKey{variant.key(), variant.arch, kernel_source_hash(), options_string(variant.arch), jit::nvrtc_version()};
+  return CubinKey{variant.key(), variant.arch, kernel_source_hash(), options_string(variant.compile_arch()), jit::nvrtc_version()};
 }
 
 std::optional<Cubin> MemoryCubinCache::get(const CubinKey& key) {
@@ -115,7 +115,7 @@ CompileOutcome CompilePool::compile(const KernelVariant& variant) {
       out.result = compile_to_cubin(variant);
     } catch (const std::exception& e) {  // bad_alloc and the like: still an outcome
       out.result = std::unexpected(CompileError{NVRTC_ERROR_OUT_OF_MEMORY, std::string("compile threw: ") + e.what(),
-                                                options_string(variant.arch), out.key});
+                                                options_string(variant.compile_arch()), out.key});
     }
     {
       std::lock_guard lock(m_mutex);

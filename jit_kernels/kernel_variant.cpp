@@ -19,6 +19,7 @@ std::string_view to_string(Design d) {
     case Design::prefill_shared: return "prefill_shared";
     case Design::prefill_stream: return "prefill_stream";
     case Design::decode_stream: return "decode_stream";
+    case Design::prefill_group: return "prefill_group";
   }
   return "unknown";
 }
@@ -27,7 +28,13 @@ std::string_view to_string(TensorMapArg::Operand o) { return o == TensorMapArg::
 
 bool is_sparse(Design d) {
   return d == Design::query_outer || d == Design::split_kv || d == Design::prefill_shared ||
-         d == Design::prefill_stream || d == Design::decode_stream;
+         d == Design::prefill_stream || d == Design::decode_stream || d == Design::prefill_group;
+}
+
+std::string KernelVariant::compile_arch() const {
+  // wgmma exists only in the arch-specific target of sm_90; its cubins run on sm_90 devices only.
+  if (design == Design::prefill_group && arch == "sm_90") return "sm_90a";
+  return arch;
 }
 
 std::string FamilySpec::key() const {
@@ -85,7 +92,7 @@ std::optional<KernelVariant> KernelVariant::parse(std::string_view key) {
   KernelVariant v;
   bool found = false;
   for (Design d : {Design::reference, Design::sdpa_packed, Design::query_outer, Design::split_kv,
-                   Design::prefill_shared, Design::prefill_stream, Design::decode_stream})
+                   Design::prefill_shared, Design::prefill_stream, Design::decode_stream, Design::prefill_group})
     if (to_string(d) == parts[1]) {
       v.design = d;
       found = true;

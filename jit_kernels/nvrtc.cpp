@@ -23,12 +23,14 @@ CompileError error(nvrtcResult code, std::string log, std::string options, std::
   return CompileError{code, std::move(log), std::move(options), std::string(key)};
 }
 
-/// The embedded headers: every .cuh, under the name kernels use in #include "...".
+/// The embedded headers, under the name kernels use in #include "...": every .cuh, and every
+/// .cu, since a design's source may be another's compiled with a switch (prefill_group.cu
+/// includes prefill_stream.cu).
 const std::vector<std::pair<std::string, std::string>>& embedded_headers() {
   static const auto headers = [] {
     std::vector<std::pair<std::string, std::string>> h;
     for (const auto& s : embedded_sources())
-      if (s.name.ends_with(".cuh")) h.emplace_back(std::string(s.name), std::string(s.text));
+      if (s.name.ends_with(".cuh") || s.name.ends_with(".cu")) h.emplace_back(std::string(s.name), std::string(s.text));
     return h;
   }();
   return headers;
@@ -229,12 +231,12 @@ std::expected<Cubin, CompileError> compile_to_cubin(const KernelVariant& variant
     return std::unexpected(error(NVRTC_ERROR_INVALID_INPUT,
                                  "no embedded source '" + name + "' for design " + std::string(to_string(variant.design)) +
                                      ": add jit_kernels/kernels/" + name + " and rebuild",
-                                 options_string(variant.arch), key));
+                                 options_string(variant.compile_arch()), key));
   // #line makes NVRTC report errors at the .cu file's own line numbers, not the prelude's.
   std::string source = variant.prelude();
   source += "#line 1 \"" + name + "\"\n";
   source += *body;
-  return compile_source_to_cubin(source, name, variant.arch, key);
+  return compile_source_to_cubin(source, name, variant.compile_arch(), key);
 }
 
 }  // namespace nsa::jit

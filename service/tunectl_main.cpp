@@ -301,7 +301,7 @@ int cmd_compile(const Paths& p, const CompileArgs& a) {
       for (auto design : nsa::jit::all_designs()) known = known || nsa::jit::to_string(design) == d;
       if (!known) {
         std::cerr << "nsa-tunectl: --design '" << d
-                  << "' is not a design; use reference, sdpa_packed, query_outer, split_kv, prefill_shared, prefill_stream or decode_stream\n";
+                  << "' is not a design; use one of " << nsa::jit::design_names() << "\n";
         return exit_code::usage;
       }
     }
@@ -826,7 +826,7 @@ int main(int argc, char** argv) {
                       "only this family, like bf16.dqk128.dv128.h16.blk64.n16 (repeatable; default: the paper "
                       "config and D_qk=D_v=128, h=16, block 64, n=16, bf16 and fp16)");
   compile->add_option("--design", compile_args.designs,
-                      "only this design: reference, sdpa_packed, query_outer, split_kv, prefill_shared, prefill_stream, decode_stream (repeatable)");
+                      "only this design: " + nsa::jit::design_names() + " (repeatable)");
   compile->add_option("--threads", compile_args.threads, "parallel NVRTC compiles (default: all cores)");
 
   try {

@@ -83,7 +83,7 @@ std::optional<std::string> TuningConfig::validate() const {
     for (jit::Design d : *designs)
       if (!jit::is_sparse(d))
         return std::string(designs == &decode_designs ? "decode_designs" : "prefill_designs") + ": '" +
-               std::string(jit::to_string(d)) + "' is not a sparse design (query_outer, split_kv, prefill_shared, prefill_stream, decode_stream)";
+               std::string(jit::to_string(d)) + "' is not a sparse design (" + jit::design_names(true) + ")";
   if (max_variants_per_design < 0) return "max_variants_per_design must be 0 (all) or positive";
   for (auto [name, ms] : {std::pair{"start_timeout_s", start_timeout}, std::pair{"setup_timeout_s", setup_timeout},
                           std::pair{"step_timeout_s", step_timeout}})
@@ -141,7 +141,7 @@ std::expected<TuningConfig, std::string> tuning_config_from_json(const json& j, 
       std::vector<jit::Design> designs;
       for (const auto& d : v) {
         auto parsed = d.is_string() ? parse_design(d.get<std::string>()) : std::nullopt;
-        if (!parsed) return std::unexpected("tuning." + key + ": " + d.dump() + " is not a design (query_outer, split_kv, prefill_shared, prefill_stream, decode_stream)");
+        if (!parsed) return std::unexpected("tuning." + key + ": " + d.dump() + " is not a design (" + jit::design_names(true) + ")");
         designs.push_back(*parsed);
       }
       (key == "decode_designs" ? c.decode_designs : c.prefill_designs) = std::move(designs);

@@ -221,7 +221,7 @@ class Runner(unittest.TestCase):
         self.assertEqual(sum(a == "--shape" for a in decode), 3)
         self.assertIn("b=128,tq=1,tkv=32768,hq=64,hkv=4,dqk=128,dv=128,block=64,n=16,dtype=bf16,pattern=random", decode)
         self.assertNotIn("--defaults-only", decode)
-        self.assertEqual(decode[decode.index("--exclude-designs") + 1], "prefill_stream")  # a prefill design
+        self.assertEqual(decode[decode.index("--exclude-designs") + 1], "prefill_stream,prefill_group")  # prefill designs
         self.assertEqual(decode[decode.index("--runs") + 1], "20")
         self.assertEqual(sum(a == "--shape" for a in prefill), 3)
         self.assertEqual(prefill[prefill.index("--exclude-designs") + 1], "split_kv,decode_stream")
@@ -248,7 +248,7 @@ class Runner(unittest.TestCase):
         self.assertIn("Fake H100", p.stdout)
         self.assertIn("650 TFLOP/s", p.stdout)
         self.assertIn("prefill cases: nsa-bench-kernels --exclude-designs split_kv,decode_stream --baseline-defaults-only", p.stdout)
-        self.assertIn("decode cases: nsa-bench-kernels --exclude-designs prefill_stream", p.stdout)
+        self.assertIn("decode cases: nsa-bench-kernels --exclude-designs prefill_stream,prefill_group", p.stdout)
         with open(os.path.join(self.out, "selection-report.md")) as f:
             self.assertEqual(f.read().strip(), p.stdout.strip())
         summary = read_json(os.path.join(self.out, "selection-report.json"))

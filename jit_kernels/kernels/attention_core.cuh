@@ -93,6 +93,54 @@ __device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], floa
   }
 }
 
+/// The online-softmax step of one warp's 16-row MMA tile (see "Softmax" above): s holds the
+/// tile's scores of NT 8-key column tiles in the mma.m16n8k16 C layout, already scaled into the
+/// log2 domain and masked (-inf). Per row (the 4 lanes of a quad share one): the new running
+/// max, P = 2^(s - m) in place of s, l and the NO 8-wide tiles of O rescaled by 2^(m_old - m).
+/// The step of the mma.sync engine below and of the warpgroup engine (attention_wgmma.cuh).
+template <int NT, int NO>
+__device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
+                                                    float (&o)[NO][4]) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float mx = NSA_NEG_INF;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * hf], s[j][2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run[hf], mx);
+    const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
+    const float alpha = fast_exp2(m_run[hf] - base);
+    float rs = 0.f;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pv = fast_exp2(s[j][2 * hf + e] - base);
+        s[j][2 * hf + e] = pv;
+        rs += pv;
+      }
+    l_run[hf] = l_run[hf] * alpha + rs;
+    m_run[hf] = m_new;
+#pragma unroll
+    for (int dt = 0; dt < NO; ++dt) {
+      o[dt][2 * hf] *= alpha;
+      o[dt][2 * hf + 1] *= alpha;
+    }
+  }
+}
+
+/// The A fragment of P for keys [16 kc, 16 kc + 16): the C tiles 2 kc and 2 kc + 1 of the
+/// scores, rounded to the input dtype (the accumulator layout of keys 0-7 and 8-15 is exactly
+/// the A layout of a k16 step).
+template <int NT>
+__device__ __forceinline__ void p_fragment(u32 (&a)[4], const float (&s)[NT][4], int kc) {
+  a[0] = pack2(s[2 * kc][0], s[2 * kc][1]);
+  a[1] = pack2(s[2 * kc][2], s[2 * kc][3]);
+  a[2] = pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+  a[3] = pack2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+}
+
 /// run()'s default skip rule: every warp computes every tile.
 struct ComputeEveryTile {
   __device__ __forceinline__ bool operator()(long long) const { return false; }
@@ -401,34 +449,7 @@ struct AttentionCore {
 
     // Online softmax, per accumulator row (the 4 lanes of a quad share a row).
 #pragma unroll
-    for (int mt = 0; mt < MTW; ++mt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        float mx = NSA_NEG_INF;
-#pragma unroll
-        for (int j = 0; j < TKW / 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * hf], s[mt][j][2 * hf + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m_run[mt][hf], mx);
-        const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
-        const float alpha = fast_exp2(m_run[mt][hf] - base);
-        float rs = 0.f;
-#pragma unroll
-        for (int j = 0; j < TKW / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pv = fast_exp2(s[mt][j][2 * hf + e] - base);
-            s[mt][j][2 * hf + e] = pv;
-            rs += pv;
-          }
-        l_run[mt][hf] = l_run[mt][hf] * alpha + rs;
-        m_run[mt][hf] = m_new;
-#pragma unroll
-        for (int dt = 0; dt < DV / 8; ++dt) {
-          o[mt][dt][2 * hf] *= alpha;
-          o[mt][dt][2 * hf + 1] *= alpha;
-        }
-      }
+    for (int mt = 0; mt < MTW; ++mt) online_softmax_step(s[mt], m_run[mt], l_run[mt], o[mt]);
 
     // O += P V. P of keys [16kc, 16kc+16) is the A fragment built from S tiles 2kc and 2kc+1.
     // ldmatrix.x4.trans of V rows [k0, k0+16), dims [n0, n0+16): matrices (keys k0.., dims n0..),
@@ -438,12 +459,7 @@ struct AttentionCore {
     for (int kc = 0; kc < TKW / 16; ++kc) {
       u32 pa[MTW][4];
 #pragma unroll
-      for (int mt = 0; mt < MTW; ++mt) {
-        pa[mt][0] = pack2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-        pa[mt][1] = pack2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-        pa[mt][2] = pack2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-        pa[mt][3] = pack2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
-      }
+      for (int mt = 0; mt < MTW; ++mt) p_fragment(pa[mt], s[mt], kc);
 #pragma unroll
       for (int dp = 0; dp < DV / 16; ++dp) {
         u32 b[4];

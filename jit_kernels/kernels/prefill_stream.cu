@@ -66,8 +66,16 @@
 // the SMs times the CTAs one SM holds (CTAs loop over the rest), block = 32 * warps, dynamic
 // shared memory = nsa_layout::prefill_stream_smem(...). No workspace.
 #include "attention_core.cuh"
+#include "attention_wgmma.cuh"  // compiled only where prefill_group (NSA_PREFILL_GROUP) uses it
 #include "block_copy.cuh"
 #include "query_tile_union.cuh"
+
+// prefill_group.cu compiles this file with NSA_PREFILL_GROUP 1: the same producer, ring, union
+// and persistent loop, with consumers in warpgroups of four (attention_wgmma.cuh) instead of
+// one-warp mma.sync engines; the few places that differ say so.
+#ifndef NSA_PREFILL_GROUP
+#define NSA_PREFILL_GROUP 0
+#endif
 
 #if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES) || \
     !defined(NSA_KNOB_TMA) || !defined(NSA_KNOB_PERSIST)
@@ -92,17 +100,32 @@ static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy
 #error "prefill_stream with tma = 1 needs sm_90 or newer (the tensor memory accelerator)"
 #endif
 
+#if NSA_PREFILL_GROUP
+static_assert(TMA && QTILE % 4 == 0, "prefill_group reads TMA rings with consumer warpgroups: warps = 4 k + 1");
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "prefill_group needs wgmma: compile for sm_90a (the catalog's compile target for sm_90)"
+#endif
+using Core = GroupCore;
+// Two CTAs per SM for one warpgroup (the catalog's persist rule counts on it).
+constexpr int MIN_CTAS = WARPS <= 5 ? 2 : 1;
+#else
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
 using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_registers(WARPS) ? 192 : 0), TMA>;
+constexpr int MIN_CTAS = 1;
+#endif
 using Union = QueryTileUnion<QTILE, THREADS>;
 
 namespace {
 
+#if NSA_PREFILL_GROUP
+constexpr int K_SLOT = BLK * DQK, V_SLOT = BLK * DV;  // the TMA's panels
+#else
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 // Elements of one ring slot's K and V (padded rows, or the TMA's panels).
 constexpr int K_SLOT = TMA ? BLK * DQK : BLK * KSTR;
 constexpr int V_SLOT = TMA ? BLK * DV : BLK * VSTR;
+#endif
 
 #if !NSA_KNOB_TMA
 /// The producers: stream union blocks [0, nu) into the ring; `seq` numbers the CTA's union blocks
@@ -145,6 +168,40 @@ __device__ __forceinline__ void produce_tma(const Union& un, int from, int to, u
 
 #endif
 
+#if NSA_PREFILL_GROUP
+/// The 128 threads of consumer warpgroup `grp` meet (named barrier 1 + grp; 0 is __syncthreads).
+__device__ __forceinline__ void group_sync(int grp) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + grp) : "memory");
+}
+
+/// consume() for prefill_group: consumer warp q is warp q % 4 of group q / 4, which computes
+/// every union block that any of its four queries selected (all four warps together, the
+/// decision taken from the union's mask, so uniform across the group) and passes the others.
+/// Warp q's rows see the block's first visible_in_block(block, lim_q) keys if its query
+/// selected it, none otherwise. With `q_pending` the group's Q copies may still be in flight:
+/// every warp waits for its own and the group meets before the first wgmma reads the tile.
+__device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
+                                        long long lim_q, float scale_log2, bool q_pending = false) {
+  const int lane = core.lane;
+  const int grp = q >> 2;
+  core.reset();
+  for (int j = 0; j < un.nu; ++j) {
+    const unsigned n = seq + (unsigned)j;
+    const int s = (int)(n % STAGES);
+    mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
+    const unsigned mask = un.umask[j];
+    if (((mask >> (4 * grp)) & 0xfu) != 0u) {
+      if (q_pending) {
+        core.q_landed();
+        group_sync(grp);
+        q_pending = false;
+      }
+      core.compute_block(s, ((mask >> q) & 1u) != 0u ? visible_in_block(un.ulist[j], lim_q) : 0, scale_log2);
+    }
+    if (lane == 0) mbar_arrive(empty0 + 8u * s);
+  }
+}
+#else
 /// Consumer warp q passes every union block and computes those its query t0 + q selected. With
 /// `q_pending` its Q copies may still be in flight: it waits for them before its first block of its
 /// own (the pipelined loop issues them as it starts the tile, and passing others' blocks needs no Q).
@@ -173,6 +230,7 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     if (lane == 0) mbar_arrive(empty0 + 8u * s);
   }
 }
+#endif
 
 /// Writes a consumer's h output rows (and LSE): the warp holds all columns of its rows, so its
 /// state is final: O = acc / l, LSE = (m + log2 l) ln 2 (O = 0, LSE = -inf for a query that saw no
@@ -199,18 +257,34 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_STREAM_PARAMS) {
-  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
+#if NSA_PREFILL_GROUP
+#define NSA_PREFILL_ENTRY nsa_prefill_group
+#else
+#define NSA_PREFILL_ENTRY nsa_prefill_stream
+#endif
+
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTRY(NSA_STREAM_PARAMS) {
   unsigned char* smem = dynamic_smem();
-  // [union (a second one with tma = 1) | barriers | Q rows per consumer | ring]
   constexpr long long UNION_BYTES = nsa_layout::union_bytes(QTILE, NSEL);
   unsigned char* after_union = smem + (TMA ? 2 : 1) * UNION_BYTES;
   const u32 full0 = smem_addr(after_union), empty0 = full0 + 8u * STAGES;
   const u32 ready0 = empty0 + 8u * STAGES;  // tma = 1: union buffer u is built (ready0 + 8 u)
-  elem_t* q_all = reinterpret_cast<elem_t*>(after_union + nsa_layout::prefill_stream_barrier_bytes(STAGES, TMA));
+  unsigned char* after_barriers = after_union + nsa_layout::prefill_stream_barrier_bytes(STAGES, TMA);
+  const int warp = threadIdx.x >> 5;
+#if NSA_PREFILL_GROUP
+  // [two unions | barriers | ring | the groups' Q tiles]: the ring's slots are whole multiples
+  // of 1024 bytes, so the Q tiles after it are aligned as the swizzle needs.
+  require_smem(nsa_layout::prefill_group_smem(DQK, DV, NSEL, BLK, WARPS, STAGES));
+  elem_t* k_ring = align_ring<true>(reinterpret_cast<elem_t*>(after_barriers));
+  elem_t* v_ring = k_ring + STAGES * K_SLOT;
+  const u32 q_tiles = smem_addr(v_ring + STAGES * V_SLOT);
+#else
+  // [union (a second one with tma = 1) | barriers | Q rows per consumer | ring]
+  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
+  elem_t* q_all = reinterpret_cast<elem_t*>(after_barriers);
   elem_t* k_ring = align_ring<TMA>(q_all + QTILE * 16 * Core::QSTR);
   elem_t* v_ring = k_ring + STAGES * K_SLOT;
-  const int warp = threadIdx.x >> 5;
+#endif
 
   // full[s] counts the producer lanes' cp.async arrivals, or the one TMA thread's arrival with
   // its byte count.
@@ -228,7 +302,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_
   // (The union build below synchronises the CTA before any barrier is used.)
 
   Core core;
+#if NSA_PREFILL_GROUP
+  if (warp < QTILE) core.init(q_tiles + (u32)((warp >> 2) * Core::Q_GROUP_BYTES), smem_addr(k_ring), smem_addr(v_ring));
+#else
   if (warp < QTILE) core.init_warp(q_all + warp * 16 * Core::QSTR, k_ring, v_ring);
+#endif
 
   const long long qtiles = (p.t_q + QTILE - 1) / QTILE;
   const long long items = p.batch * p.h_kv * qtiles;
@@ -312,6 +390,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) nsa_prefill_stream(NSA_
         tile = query_tile<QTILE>(next_item, qtiles, p);
         if (warp < QTILE) {
           mbar_wait(ready0 + 8u * (u32)((k + 1) & 1), (u32)((k >> 1) & 1));  // build k of buffer (k + 1) % 2
+#if NSA_PREFILL_GROUP
+          group_sync(warp >> 2);  // the group's last wgmma has read its Q tile before any warp rewrites it
+#endif
           if (warp < tile.nq) issue_q(tile);
           q_pending = true;
         }

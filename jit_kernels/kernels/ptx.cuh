@@ -105,6 +105,98 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], u32 
 #endif
 }
 
+// ---- warpgroup MMA (sm_90a) --------------------------------------------------------------------
+//
+// wgmma.mma_async: the four warps of a warpgroup (128 consecutive threads, the first a multiple of
+// 128) compute one M = 64 product together, B (and optionally A) read straight from shared memory
+// through a matrix descriptor, asynchronously: the accumulators are not to be touched between
+// the instruction and the wgmma_wait that retires it. Compiled only for sm_90a (the arch-specific
+// target; the catalog offers the designs that use it there only). Register fragments, PTX ISA
+// "Register Fragments and Shared Memory Matrix Layouts" for .m64nNk16: warp w of the warpgroup
+// holds rows 16 w .. 16 w + 15, in exactly the mma.m16n8k16 layouts above (the accumulator as
+// N / 8 C/D tiles of 16x8, d[j][0..3]; A as one A fragment per k16 step), so the softmax code of
+// the mma.sync engine applies to each warp's rows unchanged.
+//
+// Shared-memory operands here are always 128-byte swizzled, as the TMA writes them (panels of
+// rows of 64 elements, 1024-byte aligned; attention_core.cuh, "Swizzled rings").
+
+#if defined(NSA_DTYPE_BF16)
+#define NSA_WGMMA_TYPES ".f32.bf16.bf16"
+#else
+#define NSA_WGMMA_TYPES ".f32.f16.f16"
+#endif
+#define NSA_WG_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+
+/// The matrix descriptor of a 128-byte-swizzled operand at shared address `addr`: start address
+/// (bits 0-13, in 16-byte units), leading byte offset `lbo` (16-29) and stride byte offset `sbo`
+/// (32-45), both in bytes here, base offset 0 (49-51: panels are 1024-byte aligned) and swizzle
+/// mode 1 = 128 bytes (62-63).
+///   K-major (rows of the reduction dim, 64 elements each: Q, and K for S = Q K^T): sbo = 1024,
+///   the step between 8-row core-matrix groups; lbo unused (1). A k16 step within a 64-element
+///   panel starts 32 bytes further along the row (the swizzle is applied to the address bits).
+///   MN-major (rows of the reduction dim whose elements run along N: V for O = P V): sbo = 1024
+///   between groups of 8 reduction rows, lbo = the step between 64-wide panels along N.
+__device__ __forceinline__ unsigned long long wgmma_desc(u32 addr, u32 lbo, u32 sbo) {
+  return (unsigned long long)((addr & 0x3ffffu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+         ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+/// Orders this warpgroup's register writes (accumulators, A fragments) before the wgmma that
+/// reads them; required before the first wgmma after such writes.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+/// Closes the group of wgmmas issued since the last commit.
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+/// Waits until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/// Keeps the compiler from moving reads or writes of `r` across the (volatile) wgmma_wait before
+/// it: the register's value is produced asynchronously, which the asm of the wgmma cannot say.
+__device__ __forceinline__ void wgmma_fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+/// d (64 x 64, fp32; this thread's 8 tiles of its warp's 16 rows) = (accumulate ? d : 0) +
+/// A (64 x 16, K-major, descriptor) * B (16 x 64 with N rows of K, K-major, descriptor).
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], unsigned long long a_desc,
+                                                   unsigned long long b_desc, int accumulate) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16" NSA_WGMMA_TYPES " {"
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : NSA_WG_D4(0), NSA_WG_D4(1), NSA_WG_D4(2), NSA_WG_D4(3), NSA_WG_D4(4), NSA_WG_D4(5), NSA_WG_D4(6), NSA_WG_D4(7)
+      : "l"(a_desc), "l"(b_desc), "r"(accumulate));
+}
+
+/// d (64 x N, fp32) += A (64 x 16 from registers: this warp's mma.m16n8k16 A fragment) *
+/// B (16 x N, MN-major: each reduction row holds N consecutive elements, descriptor), for N = 64
+/// and 128. (scale-d is the predicate `p`, always true here.)
+__device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[8][4], const u32 (&a)[4], unsigned long long b_desc) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16" NSA_WGMMA_TYPES " {"
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+      "}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+      : NSA_WG_D4(0), NSA_WG_D4(1), NSA_WG_D4(2), NSA_WG_D4(3), NSA_WG_D4(4), NSA_WG_D4(5), NSA_WG_D4(6), NSA_WG_D4(7)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(1));
+}
+__device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[16][4], const u32 (&a)[4], unsigned long long b_desc) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16" NSA_WGMMA_TYPES " {"
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+      "}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+      : NSA_WG_D4(0), NSA_WG_D4(1), NSA_WG_D4(2), NSA_WG_D4(3), NSA_WG_D4(4), NSA_WG_D4(5), NSA_WG_D4(6), NSA_WG_D4(7),
+        NSA_WG_D4(8), NSA_WG_D4(9), NSA_WG_D4(10), NSA_WG_D4(11), NSA_WG_D4(12), NSA_WG_D4(13), NSA_WG_D4(14), NSA_WG_D4(15)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(1));
+}
+#undef NSA_WG_D4
+
 // ---- conversions -------------------------------------------------------------------------------
 
 /// Two floats rounded to nearest-even into one register: `lo` in bits 0-15, `hi` in 16-31.

@@ -113,7 +113,7 @@ TEST(Catalog, VariantsAreDistinctPlannableAndFitTheArch) {
       // memory); plan_for then says why.
       for (Design d : all_designs()) {
         if (designs.count(d)) continue;
-        EXPECT_TRUE(d == Design::prefill_stream || d == Design::decode_stream)
+        EXPECT_TRUE(d == Design::prefill_stream || d == Design::decode_stream || d == Design::prefill_group)
             << spec.key() << " on " << arch << ": " << to_string(d) << " has no setting that fits";
         EXPECT_THROW((void)plan_for(default_variant(d, spec, arch), RuntimeShape{2, 3, 1000, 2}),
                      std::invalid_argument);
@@ -413,6 +413,65 @@ TEST(Catalog, PrefillStreamHasOneConsumerWarpPerQueryBesideItsProducers) {
   expect_refused(wide, RuntimeShape{1, 100, 100, 2}, "h=32 query heads per group exceed the 16 rows",
                  "prefill_stream was planned for 32 heads per group");
   EXPECT_TRUE(variants_for(kWideHeads, "sm_90", Design::prefill_stream).empty());
+}
+
+TEST(Catalog, PrefillGroupComputesFourQueriesPerWarpgroupOnHopperOnly) {
+  namespace L = nsa_layout;
+  const auto on_sm90 = variants_for(kDecode, "sm_90", Design::prefill_group);
+  ASSERT_FALSE(on_sm90.empty());
+  EXPECT_EQ(on_sm90.front().key(), "sel_fwd.prefill_group.dqk128_dv128_h16_blk64_n16_bf16.warps9_stages5_persist0.sm90");
+  // The key names the device's arch; NVRTC compiles for its arch-specific target (wgmma).
+  EXPECT_EQ(on_sm90.front().compile_arch(), "sm_90a");
+  EXPECT_EQ(default_variant(Design::prefill_stream, kDecode, "sm_90").compile_arch(), "sm_90");
+  std::set<std::string> settings;
+  for (const auto& v : on_sm90) {
+    settings.insert(v.key().substr(v.key().find("warps")));
+    const int warps = v.knob("warps", 0), queries = warps - 1;
+    EXPECT_EQ(queries % 4, 0) << v.key();
+    const LaunchPlan plan = plan_for(v, RuntimeShape{1, 100, 100, 2, 132});
+    ASSERT_EQ(plan.launches.size(), 1u);
+    const Launch& l = plan.launches[0];
+    EXPECT_EQ(l.entry, "nsa_prefill_group");
+    EXPECT_EQ(l.block[0], 32u * static_cast<unsigned>(warps)) << v.key();
+    EXPECT_EQ(l.shared_bytes, static_cast<unsigned>(L::prefill_group_smem(128, 128, 16, 64, warps, v.knob("stages", 0))));
+    ASSERT_EQ(l.tensor_maps.size(), 2u) << "the ring is always the TMA's";
+    EXPECT_EQ(l.tensor_maps[0].operand, TensorMapArg::Operand::k);
+    EXPECT_EQ(l.tensor_maps[1].box_rows, 64u);
+    // persist = 0: a CTA per tile; persist = 1 (two CTAs per SM): at most the SMs' share.
+    const unsigned tiles = 2u * ((100 + queries - 1) / queries);
+    EXPECT_EQ(l.grid[0], v.knob("persist", 0) == 1 ? std::min(tiles, 264u) : tiles) << v.key();
+  }
+  EXPECT_EQ(settings, (std::set<std::string>{"warps9_stages5_persist0.sm90", "warps9_stages4_persist0.sm90",
+                                             "warps9_stages3_persist0.sm90", "warps9_stages2_persist0.sm90",
+                                             "warps5_stages2_persist0.sm90", "warps5_stages2_persist1.sm90"}));
+  // The paper config (D_qk = 192) fits fewer stages.
+  EXPECT_EQ(variants_for(kPaper, "sm_90", Design::prefill_group).front().knob("stages", 0), 4);
+
+  // Where it cannot run, the catalog says why.
+  for (const char* arch : {"sm_80", "sm_89", "sm_100"}) {
+    KernelVariant elsewhere = on_sm90.front();
+    elsewhere.arch = arch;
+    expect_refused(elsewhere, RuntimeShape{1, 100, 100, 2}, "sm_90a (Hopper) only", "prefill_group off Hopper");
+    EXPECT_TRUE(variants_for(kDecode, arch, Design::prefill_group).empty()) << arch;
+  }
+  KernelVariant wide = on_sm90.front();
+  wide.spec = kWideHeads;
+  expect_refused(wide, RuntimeShape{1, 100, 100, 2}, "h=32 query heads", "prefill_group for 32 heads per group");
+  KernelVariant long_blocks = on_sm90.front();
+  long_blocks.spec = kOneHead;  // block 128
+  expect_refused(long_blocks, RuntimeShape{1, 100, 100, 2}, "block must be 64", "prefill_group for block 128");
+  KernelVariant wide_v = on_sm90.front();
+  wide_v.spec.d_v = 256;
+  expect_refused(wide_v, RuntimeShape{1, 100, 100, 2}, "D_v 64 or 128", "prefill_group for D_v = 256");
+  KernelVariant lone = on_sm90.front();
+  lone.knobs = {{"warps", 9}, {"stages", 5}, {"persist", 1}};
+  expect_refused(lone, RuntimeShape{1, 100, 100, 2}, "where two CTAs share an SM", "persist=1 with one CTA per SM");
+  KernelVariant deep_pair = on_sm90.front();
+  deep_pair.knobs = {{"warps", 5}, {"stages", 3}, {"persist", 0}};
+  expect_refused(deep_pair, RuntimeShape{1, 100, 100, 2}, "leave room for one", "warps=5 with one CTA per SM");
+  // The Q tiles follow the ring, unpadded: 64 rows of D_qk per warpgroup.
+  EXPECT_EQ(L::prefill_group_smem(128, 128, 16, 64, 9, 5),
+            2 * L::union_bytes(8, 16) + 128 + L::kTmaAlign + 5 * 64 * 256 * 2 + 2 * 64 * 128 * 2);
 }
 
 TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {

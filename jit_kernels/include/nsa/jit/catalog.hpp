@@ -56,6 +56,14 @@
 //                                               (consumers + producers <= 8; 1 only with tma = 1)
 //                   stages  4, 3, 2, 5        ring depth in whole blocks; > 2 only up to a CTA's
 //                                               share of a full row
+//   prefill_group   warps   9, 5              prefill_stream (tma 1, one producer warp) whose
+//                                               warps - 1 consumers form warpgroups of four
+//                                               queries computing each block together with wgmma
+//                                               (sm_90 only, compiled for sm_90a; block 64,
+//                                               D_qk a multiple of 64, D_v 64 or 128, h <= 16);
+//                                               9: one CTA per SM, 5: two
+//                   stages  5, 4, 3, 2        ring depth in whole blocks
+//                   persist 0, 1              as prefill_stream's (warps 5 only)
 //
 // A setting is offered only when it is valid for the family: every warp owns a multiple of 16
 // key columns of a tile and at most two 16-row MMA tiles, the accumulators fit the register
@@ -77,6 +85,9 @@ std::string_view source_for(Design);
 
 /// Every design, in a fixed order (reference first, then the baseline, then the sparse ones).
 const std::vector<Design>& all_designs();
+/// The names of all_designs() (only the sparse ones with `sparse_only`), comma-separated, for
+/// messages that list the choices.
+std::string design_names(bool sparse_only = false);
 
 /// nullopt when every design can run `spec`; otherwise why not, in words a person can act on
 /// ("D_qk=100 is not a multiple of 16: the MMA k-step is 16 elements; use the sdpa fallback").

@@ -36,7 +36,8 @@ enum class Design : std::uint8_t {
   split_kv,
   prefill_shared,
   prefill_stream,
-  decode_stream
+  decode_stream,
+  prefill_group
 };
 std::string_view to_string(Design);
 bool is_sparse(Design);
@@ -46,7 +47,11 @@ struct KernelVariant {
   FamilySpec spec;
   /// The design's knobs, in the order they appear in the key ("warps", 4), ("stages", 2).
   std::vector<std::pair<std::string, int>> knobs;
-  std::string arch = "sm_90";  // NVRTC target: sm_80, sm_86, sm_89, sm_90, sm_90a, ...
+  std::string arch = "sm_90";  // the device's target: sm_80, sm_86, sm_89, sm_90, sm_90a, ...
+
+  /// The target NVRTC compiles for: `arch`, except that a design using instructions of the
+  /// arch-specific target only (prefill_group's wgmma) gets that target on sm_90 ("sm_90a").
+  std::string compile_arch() const;
 
   /// "sel_fwd.<design>.<spec>.<knob><value>_....<arch without '_'>"
   std::string key() const;

@@ -53,7 +53,7 @@ struct TuningConfig {
   std::vector<jit::Design> decode_designs = {jit::Design::query_outer, jit::Design::split_kv,
                                              jit::Design::decode_stream};
   std::vector<jit::Design> prefill_designs = {jit::Design::query_outer, jit::Design::prefill_shared,
-                                              jit::Design::prefill_stream};
+                                              jit::Design::prefill_stream, jit::Design::prefill_group};
   /// Knob settings per design, the catalog's default first; 0 = every setting the catalog has.
   int max_variants_per_design = 0;
 

@@ -1,0 +1,169 @@
+// The warpgroup engine of prefill_group: four consumer warps, one query each, compute a ring
+// block for all four queries at once with wgmma (sm_90a), M = 64 = 4 queries x 16 heads.
+//
+// Why. In prefill_stream each consumer warp computes its own query's blocks with mma.sync: per
+// 64-key block ~700 SASS instructions a warp (ldmatrix of K and V, 128 MMAs, the softmax), and on
+// the H200 with the clustered pattern (neighbouring queries selecting nearly the same blocks) the
+// kernel is bound by those instruction streams, not by the copies: 34% of issue slots busy,
+// 0.5 eligible warps per scheduler (ncu, docs/performance.md v8). A wgmma reads K and V straight
+// from the swizzled ring, so a block costs a warp 8 + 4 MMA instructions instead of 128 and 32
+// ldmatrix; the tensor cores' rate is the warpgroup instruction's, not mma.sync's; and the block's
+// bytes are read from shared memory once for four queries. The price: the four queries compute
+// every block that any of them selected (a query that did not select it contributes nothing,
+// exactly: P = 0), so the design pays where queries share blocks and loses where they do not;
+// the tuner decides per shape and pattern.
+//
+// Work of one block (ring slot `slot`, this warp's query sees its first `vis` keys, 0 when it
+// did not select the block):
+//   S = Q K^T     DQK / 16 wgmma m64n64k16, A = the group's Q tile, B = the slot's K, both from
+//                 shared memory (K-major descriptors); committed and waited for.
+//   softmax       per warp on its own 16 rows, in registers: the mma.sync engine's online step
+//                 (attention_core.cuh, online_softmax_step) after masking keys >= vis; a warp
+//                 whose query did not select the block sets P = 0 and leaves m, l, O alone.
+//   O += P V      BLK / 16 wgmma m64n{DV}k16, A = P from registers (the k16 A fragments of the
+//                 scores, p_fragment), B = the slot's V (MN-major descriptor); waited for before
+//                 the slot is released and before O is read again.
+// The four warps execute every wgmma together (the instruction is warpgroup-wide): a group
+// computes a block when any of its queries selected it, and passes it otherwise, both decided
+// from the union's mask alone, so uniform across the group.
+//
+// Shared memory. The ring slots are the TMA's: K as D_qk / 64 panels of [BLK][64] elements, V
+// as D_v / 64 panels, 128-byte rows, 128-byte swizzle, 1024-byte aligned (attention_core.cuh,
+// "Swizzled rings"). The group's Q tile is laid out the same way by this engine's own cp.async
+// copies: D_qk / 64 panels of [64 rows][64], row 16 w + r = head r of the group's warp w (rows
+// r >= h zero-filled), the 16-byte chunk c of a row at chunk c ^ (row % 8).
+//
+// Numerics are the other designs': scores scaled into the log2 domain, online softmax in fp32,
+// P rounded to the input dtype for P V, O normalised once at the end.
+#pragma once
+
+#include "attention_core.cuh"
+
+struct GroupCore {
+  static constexpr int PANEL_ROWS_BYTES = 128;         // one row of a 64-element panel
+  static constexpr int K_PANEL = BLK * 128;            // bytes of one panel of a ring slot's operand
+  static constexpr int Q_PANEL = 64 * 128;             // bytes of one panel of the group's Q tile
+  static constexpr int K_SLOT_BYTES = BLK * DQK * 2;
+  static constexpr int V_SLOT_BYTES = BLK * DV * 2;
+  static constexpr int Q_GROUP_BYTES = 64 * DQK * 2;  // the group's Q tile
+  static_assert(BLK == 64, "the warpgroup engine computes a block's scores as one m64n64 product: block 64");
+  static_assert(DQK % 64 == 0 && DV % 64 == 0 && DV <= 128,
+                "the warpgroup engine reads 64-element panels and holds O of at most 128 columns");
+  static_assert(H <= 16, "the warpgroup engine gives each query 16 rows of the M = 64 tile");
+
+  // The mma.sync engine's accumulator shapes (one 16-row tile), so that the designs' store and
+  // merge code reads either engine.
+  float o[1][DV / 8][4];
+  float m_run[1][2];
+  float l_run[1][2];
+  u32 q_group;  // shared address of the group's Q tile
+  u32 k_ring;   // shared address of ring slot 0's K (slot s at + s * K_SLOT_BYTES)
+  u32 v_ring;   // likewise V
+  int lane;
+  int wq;       // this warp's index in its group (its rows are 16 wq .. 16 wq + 15)
+
+  __device__ __forceinline__ void init(u32 q_group_addr, u32 k_ring_addr, u32 v_ring_addr) {
+    q_group = q_group_addr;
+    k_ring = k_ring_addr;
+    v_ring = v_ring_addr;
+    lane = threadIdx.x & 31;
+    wq = (threadIdx.x >> 5) & 3;
+  }
+
+  __device__ __forceinline__ void reset() {
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      m_run[0][hf] = NSA_NEG_INF;
+      l_run[0][hf] = 0.f;
+    }
+  }
+
+  /// Issues this warp's copies of its 16 rows of the group's Q tile; `row_ptr(r)` is head r's
+  /// D_qk elements, or nullptr for a padding row (zero-filled). Joins the caller's next commit
+  /// group. Before a wgmma reads the tile every warp of the group must have waited for its
+  /// copies and made them visible to the async proxy (q_ready).
+  template <class RowPtr>
+  __device__ __forceinline__ void load_q_async(RowPtr row_ptr) const {
+    constexpr int CH = DQK / 8;
+    const elem_t* any_row = row_ptr(0);
+#pragma unroll
+    for (int i = lane; i < 16 * CH; i += 32) {
+      const int r = i / CH, ch = i % CH;
+      const int row = wq * 16 + r;
+      const u32 dst = q_group + (u32)((ch >> 3) * Q_PANEL + row * PANEL_ROWS_BYTES + (((ch & 7) ^ (row & 7)) << 4));
+      const elem_t* src = row_ptr(r);
+      cp_async_16(dst, src != nullptr ? src + ch * 8 : any_row, src != nullptr);
+    }
+  }
+
+  /// This thread's Q copies have landed and are visible to wgmma (the async proxy). The caller
+  /// then synchronises the group's 128 threads before the first wgmma reads the tile.
+  __device__ __forceinline__ void q_landed() const {
+    cp_async_wait<0>();
+    fence_proxy_async_shared();
+  }
+
+  /// Computes the block in ring slot `slot` for the group; this warp's query sees its first
+  /// `vis` keys (0: it did not select the block). Called by all four warps of the group.
+  __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
+    const u32 k_slot = k_ring + (u32)(slot * K_SLOT_BYTES);
+    const u32 v_slot = v_ring + (u32)(slot * V_SLOT_BYTES);
+    float s[BLK / 8][4];
+
+    // S = Q K^T: k16 step ks is 32 bytes into the rows of panel ks / 4.
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < DQK / 16; ++ks) {
+      const u32 off = (u32)((ks >> 2) * Q_PANEL + (ks & 3) * 32);
+      const u32 koff = (u32)((ks >> 2) * K_PANEL + (ks & 3) * 32);
+      wgmma_m64n64k16_ss(s, wgmma_desc(q_group + off, 16, 1024), wgmma_desc(k_slot + koff, 16, 1024), ks > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int j = 0; j < BLK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wgmma_fence_operand(s[j][e]);
+
+    if (vis > 0) {
+      const int c2 = (lane & 3) * 2;
+#pragma unroll
+      for (int j = 0; j < BLK / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float x = s[j][e] * scale_log2;
+          s[j][e] = j * 8 + c2 + (e & 1) < vis ? x : NSA_NEG_INF;
+        }
+      online_softmax_step(s, m_run[0], l_run[0], o[0]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < BLK / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+    }
+
+    // O += P V: k16 step kc is 16 V rows (2048 bytes) into the slot; N runs over the D_v / 64
+    // panels, K_PANEL apart.
+    u32 pa[BLK / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < BLK / 16; ++kc) p_fragment(pa[kc], s, kc);
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
+    wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < BLK / 16; ++kc)
+      wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc(v_slot + (u32)(kc * 16 * PANEL_ROWS_BYTES), K_PANEL, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
+  }
+};
