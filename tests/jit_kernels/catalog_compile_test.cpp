@@ -25,6 +25,9 @@ namespace {
 
 const FamilySpec kD128Bf16{ElemType::bf16, 128, 128, 16, 64, 16};
 const FamilySpec kPaperFp16{ElemType::fp16, 192, 128, 16, 64, 16};
+// A block of 128 keys: every design's block-size paths (prefill_group has none: its code must
+// stay out of the others' compiles).
+const FamilySpec kBlock128Bf16{ElemType::bf16, 128, 128, 16, 128, 8};
 
 /// Checks one compiled variant against the plans of a decode and a prefill shape.
 void expect_launchable(const CompileOutcome& o) {
@@ -59,6 +62,7 @@ void expect_launchable(const CompileOutcome& o) {
 std::vector<FamilySpec> families_for(const std::string& arch) {
   if (arch == "sm_86") return {kPaperFp16};
   if (arch == "sm_89") return {kD128Bf16};
+  if (arch == "sm_90") return {kD128Bf16, kPaperFp16, kBlock128Bf16};
   return {kD128Bf16, kPaperFp16};
 }
 

@@ -62,6 +62,8 @@
 //                                               (sm_90 only, compiled for sm_90a; block 64,
 //                                               D_qk a multiple of 64, D_v 64 or 128, h <= 16);
 //                                               9: one CTA per SM, 5: two
+//                   overlap 1, 0              1: a block's softmax runs while the previous
+//                                               block's P V is on the tensor cores
 //                   stages  5, 4, 3, 2        ring depth in whole blocks
 //                   persist 0, 1              as prefill_stream's (warps 5 only)
 //
