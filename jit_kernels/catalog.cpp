@@ -93,10 +93,11 @@ const std::vector<Knob>& knobs_of(Design d) {
   // (sm_90a). 9 warps: two groups, one CTA per SM; 5 warps: one group, two CTAs per SM (the
   // persist rule). 13 warps are not offered: four warps then share a scheduler's 16384
   // registers, 128 a thread, and ptxas spills 736 bytes (sm_90a, D 128 and 192).
-  // overlap = 1 runs a block's softmax while the previous block's P V is on the tensor cores
-  // (its slot then stays held one block longer); 0 retires each step before the next.
-  static const std::vector<Knob> group = {
-      {"warps", {9, 5}}, {"overlap", {1, 0}}, {"stages", {5, 4, 3, 2}}, {"persist", {0, 1}}};
+  // Measured on the H200 (docs/performance.md, v10): 5 warps (two CTAs per SM, 2 stages) were
+  // fastest everywhere; one group alone on an SM (5 warps, 3-5 stages) was 1.6x slower, and
+  // running a block's softmax while the previous block's P V ran (two blocks in registers, 225
+  // a thread) slower still, so neither is offered.
+  static const std::vector<Knob> group = {{"warps", {5, 9}}, {"stages", {2, 5, 4, 3}}, {"persist", {0, 1}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
@@ -170,8 +171,7 @@ std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
   const std::int64_t threads = 32LL * knob_value(v, "warps");
   const std::int64_t by_smem = (228LL * 1024) / smem;
   const std::int64_t by_threads = 2048 / threads;
-  // prefill_group's consumers take 164 registers with overlap = 0 (ptxas, sm_90a), which 12 warps
-  // an SM allow; 225 with overlap = 1, which only 8 do (kernel's MIN_CTAS rule).
+  // prefill_group's consumers take 164 registers (ptxas, sm_90a): 168 a thread, 12 warps an SM.
   const std::int64_t by_registers = v.design == Design::prefill_group
                                         ? 12 / knob_value(v, "warps")
                                         : 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
@@ -293,10 +293,10 @@ std::string prefill_group_problem(const KernelVariant& v) {
   if (smem > max_dynamic_shared_bytes(v.arch))
     return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +
            std::to_string(max_dynamic_shared_bytes(v.arch)) + ": use fewer stages or warps";
-  if (knob_value(v, "overlap") == 1 && (knob_value(v, "warps") != 5 || resident_ctas_per_sm(v) > 1))
-    return "overlap=1 keeps two blocks in registers (one's P, the next one's scores, O), ~225 registers a thread "
-           "(ptxas, sm_90a): only one warpgroup alone on its SM has them (warps=5, stages >= 3); at the 168 of "
-           "two warpgroups per SM it spills 308 bytes: use overlap=0";
+  if (knob_value(v, "warps") == 5 && resident_ctas_per_sm(v) < 2)
+    return "warps=5 is the setting whose CTAs share an SM two at a time, and " + std::to_string(smem) +
+           " bytes of shared memory per CTA leave room for one (one warpgroup alone on an SM was 1.6x slower on the "
+           "H200): use stages=2";
   return "";
 }
 

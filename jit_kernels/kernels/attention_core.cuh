@@ -132,9 +132,8 @@ __device__ __forceinline__ void rescale_row(float (&o)[NO][4], int hf, float alp
   }
 }
 
-/// The whole online-softmax step of a tile: both row halves, O rescaled at once. The step of the
-/// mma.sync engine below and of the warpgroup engine (attention_wgmma.cuh) when it does not
-/// overlap the step with the previous block's P V.
+/// The whole online-softmax step of a tile: both row halves, O rescaled at once (the mma.sync
+/// engine below; the warpgroup engine, attention_wgmma.cuh, takes the rows and rescales O itself).
 template <int NT, int NO>
 __device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
                                                     float (&o)[NO][4]) {

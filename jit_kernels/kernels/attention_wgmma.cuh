@@ -2,23 +2,30 @@
 // block for all four queries at once with wgmma (sm_90a), M = 64 = 4 queries x 16 heads.
 //
 // Why. In prefill_stream each consumer warp computes its own query's blocks with mma.sync: per
-// 64-key block ~700 SASS instructions a warp (ldmatrix of K and V, 128 MMAs, the softmax), and on
-// the H200 with the clustered pattern (neighbouring queries selecting nearly the same blocks) the
-// kernel is bound by those instruction streams, not by the copies: 34% of issue slots busy,
-// 0.5 eligible warps per scheduler (ncu, docs/performance.md v8). A wgmma reads K and V straight
-// from the swizzled ring, so a block costs a warp 8 + 4 MMA instructions instead of 128 and 32
-// ldmatrix; the tensor cores' rate is the warpgroup instruction's, not mma.sync's; and the block's
-// bytes are read from shared memory once for four queries. The price: the four queries compute
-// every block that any of them selected (a query that did not select it contributes nothing,
-// exactly: P = 0), so the design pays where queries share blocks and loses where they do not;
-// the tuner decides per shape and pattern.
+// 64-key block ~700 SASS instructions a warp (ldmatrix of K and V, 128 MMAs, the softmax). With
+// the clustered pattern (neighbouring queries selecting nearly the same blocks) a tile's union is
+// small and the copies are not what bounds it (on the H200 the random pattern's ncu showed its
+// consumers latency-bound already: 34% of issue slots busy, 0.5 eligible warps per scheduler;
+// docs/performance.md v8). A wgmma reads K and V straight from the swizzled ring, so a block
+// costs a warp 8 + 4 MMA instructions instead of 128 MMAs and 32 ldmatrix, at the warpgroup
+// instruction's rate, and the block's bytes are read from shared memory once for four queries.
+// The price: the four queries compute every block that any of them selected (a query that did
+// not select it contributes nothing, exactly: P = 0), so the design pays where queries share
+// blocks and loses where they do not; the tuner decides per shape and pattern.
+//
+// Measured on the H200 (docs/performance.md, v10): at T = 32768 clustered 1.16x faster than
+// prefill_stream's best (paper config 1.25x), and 1.2-1.25x slower on the random pattern. The
+// best setting is one group per CTA, two CTAs per SM; a group then takes ~3100 cycles a block,
+// ~6x its tensor-core time: its chain (S, wait, softmax, P V, wait) is latency-bound. Running a
+// block's softmax while the previous block's P V ran needed two blocks in registers (225 a
+// thread: one group alone on an SM) and was slower; it is not offered.
 //
 // Work of one block (ring slot `slot`, this warp's query sees its first `vis` keys, 0 when it
 // did not select the block):
 //   S = Q K^T     DQK / 16 wgmma m64n64k16, A = the group's Q tile, B = the slot's K, both from
 //                 shared memory (K-major descriptors); committed and waited for.
-//   softmax       per warp on its own 16 rows, in registers: the mma.sync engine's online step
-//                 (attention_core.cuh, online_softmax_step) after masking keys >= vis; a warp
+//   softmax       per warp on its own 16 rows, in registers: the mma.sync engine's online update
+//                 (attention_core.cuh, online_softmax_row) after masking keys >= vis; a warp
 //                 whose query did not select the block sets P = 0 and leaves m, l, O alone.
 //   O += P V      BLK / 16 wgmma m64n{DV}k16, A = P from registers (the k16 A fragments of the
 //                 scores, p_fragment), B = the slot's V (MN-major descriptor); waited for before

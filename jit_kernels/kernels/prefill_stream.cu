@@ -103,18 +103,14 @@ static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy
 #endif
 
 #if NSA_PREFILL_GROUP
-#ifndef NSA_KNOB_OVERLAP
-#error "prefill_group needs the knob overlap (jit_kernels/catalog.cpp)"
-#endif
 static_assert(TMA && QTILE % 4 == 0, "prefill_group reads TMA rings with consumer warpgroups: warps = 4 k + 1");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "prefill_group needs wgmma: compile for sm_90a (the catalog's compile target for sm_90)"
 #endif
 using Core = GroupCore;
-// Two CTAs per SM for one warpgroup where two fit the SM's 228 KiB (1 KiB reserved per CTA),
-// which caps a thread at 168 registers (three warps to a scheduler); else one, with 255.
-constexpr int MIN_CTAS =
-    WARPS <= 5 && 2 * (nsa_layout::prefill_group_smem(DQK, DV, NSEL, BLK, WARPS, STAGES) + 1024) <= 228 * 1024 ? 2 : 1;
+// One warpgroup (5 warps) runs two CTAs per SM (the catalog offers only settings where two fit):
+// 168 registers a thread, three warps to a scheduler.
+constexpr int MIN_CTAS = WARPS <= 5 ? 2 : 1;
 #else
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
@@ -187,82 +183,26 @@ __device__ __forceinline__ void group_sync(int grp) {
 /// Warp q's rows see the block's first visible_in_block(block, lim_q) keys if its query
 /// selected it, none otherwise. With `q_pending` the group's Q copies may still be in flight:
 /// every warp waits for its own and the group meets before the first wgmma reads the tile.
-///
-/// With overlap = 1 (NSA_KNOB_OVERLAP) the group works one block behind itself: it issues block
-/// k's S = Q K^T, then the previous computed block j's P V, retires only S and runs k's softmax
-/// while j's P V is still on the tensor cores; j's slot is released once that P V is retired, at
-/// the next computed block (or the end). Two blocks are then unreleased at once, so before waiting
-/// for block x the consumer releases any block u with x >= u + STAGES (the producer can fill x
-/// only once every consumer is past x - STAGES): no deadlock, at the cost of the overlap there.
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
                                         long long lim_q, float scale_log2, bool q_pending = false) {
   const int lane = core.lane;
   const int grp = q >> 2;
-  auto stage_of = [&](int j) { return (int)((seq + (unsigned)j) % STAGES); };
-  auto release = [&](int j) {
-    if (lane == 0) mbar_arrive(empty0 + 8u * stage_of(j));
-  };
   core.reset();
-#if NSA_KNOB_OVERLAP
-  int held = -1;      // the computed block whose P is in core.s, its P V not issued yet
-  int inflight = -1;  // the computed block whose P V is in flight (not released)
-  auto retire = [&]() {  // inflight's P V done: O and pa are free, its slot released
-    if (inflight < 0) return;
-    wgmma_wait<0>();
-    core.o_settled();
-    release(inflight);
-    inflight = -1;
-  };
-  auto flush = [&]() {  // every computed block's P V issued, retired and released
-    retire();
-    if (held < 0) return;
-    core.pack_p();
-    core.issue_pv(stage_of(held));
-    inflight = held;
-    held = -1;
-    retire();
-  };
-#endif
   for (int j = 0; j < un.nu; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
-#if NSA_KNOB_OVERLAP
-    if (held >= 0 && j >= held + STAGES) flush();
-    if (inflight >= 0 && j >= inflight + STAGES) retire();
-#endif
     mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
     const unsigned mask = un.umask[j];
-    if (((mask >> (4 * grp)) & 0xfu) == 0u) {
-      release(j);
-      continue;
+    if (((mask >> (4 * grp)) & 0xfu) != 0u) {
+      if (q_pending) {
+        core.q_landed();
+        group_sync(grp);
+        q_pending = false;
+      }
+      core.compute_block(s, ((mask >> q) & 1u) != 0u ? visible_in_block(un.ulist[j], lim_q) : 0, scale_log2);
     }
-    if (q_pending) {
-      core.q_landed();
-      group_sync(grp);
-      q_pending = false;
-    }
-    const int vis = ((mask >> q) & 1u) != 0u ? visible_in_block(un.ulist[j], lim_q) : 0;
-#if NSA_KNOB_OVERLAP
-    retire();
-    if (held >= 0) core.pack_p();  // held's P leaves core.s before block j's scores arrive there
-    core.issue_qk(s);
-    if (held >= 0) {
-      core.issue_pv(stage_of(held));
-      inflight = held;
-      wgmma_wait<1>();  // block j's S (committed first) is done; held's P V may still run
-    } else {
-      wgmma_wait<0>();
-    }
-    core.softmax(vis, scale_log2);
-    held = j;
-#else
-    core.compute_block(s, vis, scale_log2);
-    release(j);
-#endif
+    if (lane == 0) mbar_arrive(empty0 + 8u * s);
   }
-#if NSA_KNOB_OVERLAP
-  flush();
-#endif
 }
 #else
 /// Consumer warp q passes every union block and computes those its query t0 + q selected. With
@@ -327,6 +267,11 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 #endif
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTRY(NSA_STREAM_PARAMS) {
+#if NSA_PREFILL_GROUP
+  require_smem(nsa_layout::prefill_group_smem(DQK, DV, NSEL, BLK, WARPS, STAGES));
+#else
+  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
+#endif
   unsigned char* smem = dynamic_smem();
   constexpr long long UNION_BYTES = nsa_layout::union_bytes(QTILE, NSEL);
   unsigned char* after_union = smem + (TMA ? 2 : 1) * UNION_BYTES;
@@ -337,13 +282,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
 #if NSA_PREFILL_GROUP
   // [two unions | barriers | ring | the groups' Q tiles]: the ring's slots are whole multiples
   // of 1024 bytes, so the Q tiles after it are aligned as the swizzle needs.
-  require_smem(nsa_layout::prefill_group_smem(DQK, DV, NSEL, BLK, WARPS, STAGES));
   elem_t* k_ring = align_ring<true>(reinterpret_cast<elem_t*>(after_barriers));
   elem_t* v_ring = k_ring + STAGES * K_SLOT;
   const u32 q_tiles = smem_addr(v_ring + STAGES * V_SLOT);
 #else
   // [union (a second one with tma = 1) | barriers | Q rows per consumer | ring]
-  require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
   elem_t* q_all = reinterpret_cast<elem_t*>(after_barriers);
   elem_t* k_ring = align_ring<TMA>(q_all + QTILE * 16 * Core::QSTR);
   elem_t* v_ring = k_ring + STAGES * K_SLOT;

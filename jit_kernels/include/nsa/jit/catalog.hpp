@@ -56,15 +56,13 @@
 //                                               (consumers + producers <= 8; 1 only with tma = 1)
 //                   stages  4, 3, 2, 5        ring depth in whole blocks; > 2 only up to a CTA's
 //                                               share of a full row
-//   prefill_group   warps   9, 5              prefill_stream (tma 1, one producer warp) whose
+//   prefill_group   warps   5, 9              prefill_stream (tma 1, one producer warp) whose
 //                                               warps - 1 consumers form warpgroups of four
 //                                               queries computing each block together with wgmma
 //                                               (sm_90 only, compiled for sm_90a; block 64,
 //                                               D_qk a multiple of 64, D_v 64 or 128, h <= 16);
-//                                               9: one CTA per SM, 5: two
-//                   overlap 1, 0              1: a block's softmax runs while the previous
-//                                               block's P V is on the tensor cores
-//                   stages  5, 4, 3, 2        ring depth in whole blocks
+//                                               5: two CTAs per SM (stages 2), 9: one
+//                   stages  2, 5, 4, 3        ring depth in whole blocks
 //                   persist 0, 1              as prefill_stream's (warps 5 only)
 //
 // A setting is offered only when it is valid for the family: every warp owns a multiple of 16
