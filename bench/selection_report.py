@@ -463,7 +463,7 @@ def build_report(out_dir, cases=None):
     lines.append("- floor: decode: the bytes a kernel must move (selected K/V + Q + O + LSE + block_idx) at the "
                  "measured copy bandwidth (HBM). Prefill: the larger of the useful FLOPs at the compute ceiling above "
                  "and the selected K/V bytes (counted per (b, g, t) row) at the measured L2 read bandwidth; "
-                 "a design that reuses blocks across rows (prefill_shared, prefill_stream) can beat the L2 floor "
+                 "a design that reuses blocks across rows (prefill_shared, prefill_stream, prefill_group) can beat the L2 floor "
                  "(fraction > 100%).")
     lines.append("- fraction reached: floor / best median. Useful FLOPs (prefill target): "
                  "2 * B * T_q * H_q * n * block * (D_qk + D_v) (= 4 * T_q * H_q * n * block * D).")
