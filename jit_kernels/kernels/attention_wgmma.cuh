@@ -196,7 +196,7 @@ struct GroupCore {
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
   }
 
-  /// One block start to end, no overlap: S, softmax, P V, each retired before the next.
+  /// One block start to end: S, softmax, P V, each retired before the next.
   __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
     issue_qk(slot);
     wgmma_wait<0>();
