@@ -121,7 +121,14 @@ int arch_number(const std::string& arch) {
   return v;
 }
 
-int knob_value(const KernelVariant& v, const char* name) { return v.knob(name, -1); }
+/// The value of knob `name` of `v`, or -1 when its design has none. prefill_group is
+/// prefill_stream with tma = 1 and one producer warp fixed by its source (prefill_group.cu), so
+/// it answers those two as prefill_stream's rules and plans expect.
+int knob_value(const KernelVariant& v, const char* name) {
+  if (v.design == Design::prefill_group && (std::string_view(name) == "tma" || std::string_view(name) == "producers"))
+    return 1;
+  return v.knob(name, -1);
+}
 
 /// Rows of M for the design's CTA engine.
 int engine_rows(const KernelVariant& v) {
@@ -509,7 +516,7 @@ namespace {
 
 /// The tensor maps a streaming design's launch takes: K's and V's, boxes of one block, when tma = 1.
 std::vector<TensorMapArg> stream_tensor_maps(const KernelVariant& v) {
-  if (knob_value(v, "tma") != 1 && v.design != Design::prefill_group) return {};
+  if (knob_value(v, "tma") != 1) return {};
   const auto rows = static_cast<unsigned>(v.spec.block);
   return {TensorMapArg{TensorMapArg::Operand::k, static_cast<unsigned>(v.spec.d_qk), rows},
           TensorMapArg{TensorMapArg::Operand::v, static_cast<unsigned>(v.spec.d_v), rows}};
@@ -568,15 +575,15 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
     }
     case Design::prefill_stream:
     case Design::prefill_group: {
-      const bool group = v.design == Design::prefill_group;  // one producer warp
-      const int qtile = knob_value(v, "warps") - (group ? 1 : knob_value(v, "producers"));  // a query per consumer warp
+      const int qtile = knob_value(v, "warps") - knob_value(v, "producers");  // consumer warps, a query each
       const std::int64_t items = shape.batch * shape.h_kv * ((shape.t_q + qtile - 1) / qtile);
       // persist = 1 runs persistent CTAs that overlap one item's union build with another's
       // stream: as many as the SMs hold at once (when the device is known), each looping over items.
       std::int64_t ctas = items;
       if (knob_value(v, "persist") == 1 && shape.sm_count > 0)
         ctas = std::min<std::int64_t>(items, static_cast<std::int64_t>(shape.sm_count) * resident_ctas_per_sm(v));
-      Launch l = launch(group ? "nsa_prefill_group" : "nsa_prefill_stream", ctas, engine_threads, engine_smem(v));
+      Launch l = launch(v.design == Design::prefill_group ? "nsa_prefill_group" : "nsa_prefill_stream", ctas,
+                        engine_threads, engine_smem(v));
       l.tensor_maps = stream_tensor_maps(v);
       plan.launches.push_back(l);
       break;

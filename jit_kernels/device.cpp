@@ -119,11 +119,13 @@ LoadedDriver load() {
 
   static DriverApi api;
   std::string missing;
-  auto resolve = [&](const char* name, auto& slot, int version = CUDA_VERSION) {
+  // An optional entry point left null is never counted as missing (see DriverApi).
+  auto resolve = [&](const char* name, auto& slot, int version = CUDA_VERSION, bool optional = false) {
     void* fn = nullptr;
     CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SUCCESS;
     CUresult r = get_proc(name, &fn, version, CU_GET_PROC_ADDRESS_DEFAULT, &status);
     if (r != CUDA_SUCCESS || status != CU_GET_PROC_ADDRESS_SUCCESS || !fn) {
+      if (optional) return;
       if (!missing.empty()) missing += ", ";
       missing += name;
       return;
@@ -170,14 +172,7 @@ LoadedDriver load() {
   resolve("cuEventRecord", api.event_record);
   resolve("cuEventSynchronize", api.event_synchronize);
   resolve("cuEventElapsedTime", api.event_elapsed_time);
-  {
-    // Optional: resolved when present, never counted as missing (see DriverApi).
-    void* fn = nullptr;
-    CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SUCCESS;
-    if (get_proc("cuTensorMapEncodeTiled", &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &status) == CUDA_SUCCESS &&
-        status == CU_GET_PROC_ADDRESS_SUCCESS && fn)
-      api.tensor_map_encode_tiled = reinterpret_cast<decltype(api.tensor_map_encode_tiled)>(fn);
-  }
+  resolve("cuTensorMapEncodeTiled", api.tensor_map_encode_tiled, CUDA_VERSION, /*optional=*/true);
   if (!missing.empty()) {
     out.problem = "the NVIDIA driver (version " + std::to_string(out.driver_version) +
                   ") lacks entry points this build needs (" + missing + "); update the driver to CUDA " +

@@ -93,52 +93,41 @@ __device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], floa
   }
 }
 
-/// The online-softmax update of accumulator row half `hf` (0: row g, 1: row g + 8) of one warp's
-/// 16-row MMA tile (see "Softmax" above): s holds the tile's scores of NT 8-key column tiles in
-/// the mma.m16n8k16 C layout, already scaled into the log2 domain and masked (-inf). The 4 lanes
-/// of a quad share a row: the new running max m, P = 2^(s - m) in place of s, l; returns the
-/// factor 2^(m_old - m) by which the row's O is to be rescaled.
-template <int NT>
-__device__ __forceinline__ float online_softmax_row(float (&s)[NT][4], int hf, float& m_run, float& l_run) {
-  float mx = NSA_NEG_INF;
-#pragma unroll
-  for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * hf], s[j][2 * hf + 1]));
-  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-  const float m_new = fmaxf(m_run, mx);
-  const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
-  const float alpha = fast_exp2(m_run - base);
-  float rs = 0.f;
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const float pv = fast_exp2(s[j][2 * hf + e] - base);
-      s[j][2 * hf + e] = pv;
-      rs += pv;
-    }
-  l_run = l_run * alpha + rs;
-  m_run = m_new;
-  return alpha;
-}
-
-/// O's row half `hf` (NO 8-wide tiles in the C layout) times `alpha`.
-template <int NO>
-__device__ __forceinline__ void rescale_row(float (&o)[NO][4], int hf, float alpha) {
-#pragma unroll
-  for (int dt = 0; dt < NO; ++dt) {
-    o[dt][2 * hf] *= alpha;
-    o[dt][2 * hf + 1] *= alpha;
-  }
-}
-
-/// The whole online-softmax step of a tile: both row halves, O rescaled at once (the mma.sync
-/// engine below; the warpgroup engine, attention_wgmma.cuh, takes the rows and rescales O itself).
+/// The online-softmax step of one warp's 16-row MMA tile (see "Softmax" above): s holds the
+/// tile's scores of NT 8-key column tiles in the mma.m16n8k16 C layout, already scaled into the
+/// log2 domain and masked (-inf). Per row (the 4 lanes of a quad share one): the new running
+/// max, P = 2^(s - m) in place of s, l and the NO 8-wide tiles of O rescaled by 2^(m_old - m).
+/// The step of the mma.sync engine below and of the warpgroup engine (attention_wgmma.cuh).
 template <int NT, int NO>
 __device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
                                                     float (&o)[NO][4]) {
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf) rescale_row(o, hf, online_softmax_row(s, hf, m_run[hf], l_run[hf]));
+  for (int hf = 0; hf < 2; ++hf) {
+    float mx = NSA_NEG_INF;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * hf], s[j][2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run[hf], mx);
+    const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
+    const float alpha = fast_exp2(m_run[hf] - base);
+    float rs = 0.f;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pv = fast_exp2(s[j][2 * hf + e] - base);
+        s[j][2 * hf + e] = pv;
+        rs += pv;
+      }
+    l_run[hf] = l_run[hf] * alpha + rs;
+    m_run[hf] = m_new;
+#pragma unroll
+    for (int dt = 0; dt < NO; ++dt) {
+      o[dt][2 * hf] *= alpha;
+      o[dt][2 * hf + 1] *= alpha;
+    }
+  }
 }
 
 /// The A fragment of P for keys [16 kc, 16 kc + 16): the C tiles 2 kc and 2 kc + 1 of the

@@ -25,7 +25,7 @@
 //   S = Q K^T     DQK / 16 wgmma m64n64k16, A = the group's Q tile, B = the slot's K, both from
 //                 shared memory (K-major descriptors); committed and waited for.
 //   softmax       per warp on its own 16 rows, in registers: the mma.sync engine's online update
-//                 (attention_core.cuh, online_softmax_row) after masking keys >= vis; a warp
+//                 (attention_core.cuh, online_softmax_step) after masking keys >= vis; a warp
 //                 whose query did not select the block sets P = 0 and leaves m, l, O alone.
 //   O += P V      BLK / 16 wgmma m64n{DV}k16, A = P from registers (the k16 A fragments of the
 //                 scores, p_fragment), B = the slot's V (MN-major descriptor); waited for before
@@ -66,9 +66,6 @@ struct GroupCore {
   u32 q_group;  // shared address of the group's Q tile
   u32 k_ring;   // shared address of ring slot 0's K (slot s at + s * K_SLOT_BYTES)
   u32 v_ring;   // likewise V
-  float s[BLK / 8][4];    // the current block's scores, then its P (this warp's 16 rows)
-  u32 pa[BLK / 16][4];    // P as the A fragments of P V, read by the wgmma in flight
-  float alpha[2];         // O's pending rescale for the P in `s` (row halves g, g + 8)
   int lane;
   int wq;       // this warp's index in its group (its rows are 16 wq .. 16 wq + 15)
 
@@ -95,7 +92,7 @@ struct GroupCore {
   /// Issues this warp's copies of its 16 rows of the group's Q tile; `row_ptr(r)` is head r's
   /// D_qk elements, or nullptr for a padding row (zero-filled). Joins the caller's next commit
   /// group. Before a wgmma reads the tile every warp of the group must have waited for its
-  /// copies and made them visible to the async proxy (q_ready).
+  /// copies and made them visible to the async proxy (q_landed).
   template <class RowPtr>
   __device__ __forceinline__ void load_q_async(RowPtr row_ptr) const {
     constexpr int CH = DQK / 8;
@@ -117,10 +114,15 @@ struct GroupCore {
     fence_proxy_async_shared();
   }
 
-  /// Issues S = Q K^T of the block in ring slot `slot` into `s` (k16 step ks is 32 bytes into
-  /// the rows of panel ks / 4) and commits it; wgmma_wait retires it.
-  __device__ __forceinline__ void issue_qk(int slot) {
+  /// Computes the block in ring slot `slot` for the group; this warp's query sees its first
+  /// `vis` keys (0: it did not select the block). Called by all four warps of the group; each
+  /// wgmma is retired before its results are read, so the slot may be released on return.
+  __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
     const u32 k_slot = k_ring + (u32)(slot * K_SLOT_BYTES);
+    const u32 v_slot = v_ring + (u32)(slot * V_SLOT_BYTES);
+    float s[BLK / 8][4];
+
+    // S = Q K^T: k16 step ks is 32 bytes into the rows of panel ks / 4.
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < DQK / 16; ++ks) {
@@ -129,16 +131,12 @@ struct GroupCore {
       wgmma_m64n64k16_ss(s, wgmma_desc(q_group + off, 16, 1024), wgmma_desc(k_slot + koff, 16, 1024), ks > 0);
     }
     wgmma_commit();
-  }
-
-  /// After issue_qk's group is retired: this warp's scores of the block become P in `s`, its
-  /// query seeing the first `vis` keys (0: it did not select the block, P = 0). m and l are
-  /// updated; `alpha` gets the factor O is to be rescaled by before the block's P V (rescale_o).
-  __device__ __forceinline__ void softmax(int vis, float scale_log2) {
+    wgmma_wait<0>();
 #pragma unroll
     for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(s[j][e]);
+
     if (vis > 0) {
 #pragma unroll
       for (int j = 0; j < BLK / 8; ++j)
@@ -152,58 +150,32 @@ struct GroupCore {
           for (int e = 0; e < 4; ++e)
             if (j * 8 + c2 + (e & 1) >= vis) s[j][e] = NSA_NEG_INF;
       }
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) alpha[hf] = online_softmax_row(s, hf, m_run[0][hf], l_run[0][hf]);
+      online_softmax_step(s, m_run[0], l_run[0], o[0]);
     } else {
 #pragma unroll
       for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
-      alpha[0] = alpha[1] = 1.f;
     }
-  }
 
-  /// P (in `s`) into the A fragments `pa` of the block's P V, and O rescaled by `alpha`: O must
-  /// not be in flight (the previous P V retired). `s` is free afterwards.
-  __device__ __forceinline__ void pack_p() {
+    // O += P V: k16 step kc is 16 V rows (2048 bytes) into the slot; N runs over the D_v / 64
+    // panels, K_PANEL apart.
+    u32 pa[BLK / 16][4];
 #pragma unroll
     for (int kc = 0; kc < BLK / 16; ++kc) p_fragment(pa[kc], s, kc);
 #pragma unroll
     for (int dt = 0; dt < DV / 8; ++dt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) rescale_row(o[0], hf, alpha[hf]);
-  }
-
-  /// Issues O += P V of the block in ring slot `slot` from `pa` (k16 step kc is 16 V rows, 2048
-  /// bytes, into the slot; N runs over the D_v / 64 panels, K_PANEL apart) and commits it. Until
-  /// it is retired neither O nor `pa` may be touched.
-  __device__ __forceinline__ void issue_pv(int slot) {
-    const u32 v_slot = v_ring + (u32)(slot * V_SLOT_BYTES);
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < BLK / 16; ++kc)
       wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc(v_slot + (u32)(kc * 16 * PANEL_ROWS_BYTES), K_PANEL, 1024));
     wgmma_commit();
-  }
-
-  /// After the last issue_pv is retired (wgmma_wait<0>): O is settled for the compiler too.
-  __device__ __forceinline__ void o_settled() {
+    wgmma_wait<0>();
 #pragma unroll
     for (int dt = 0; dt < DV / 8; ++dt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
-  }
-
-  /// One block start to end: S, softmax, P V, each retired before the next.
-  __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
-    issue_qk(slot);
-    wgmma_wait<0>();
-    softmax(vis, scale_log2);
-    pack_p();
-    issue_pv(slot);
-    wgmma_wait<0>();
-    o_settled();
   }
 };
