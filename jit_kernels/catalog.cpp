@@ -87,7 +87,7 @@ const std::vector<Knob>& knobs_of(Design d) {
                                            {"split", {1, 4, 2}},
                                            {"consumers", {4, 2, 6}},
                                            {"producers", {2, 1}},
-                                           {"stages", {4, 3, 2, 5, 6}}};
+                                           {"stages", {4, 3, 2, 5}}};
   // prefill_group: prefill_stream with tma = 1 and one producer warp, whose consumer warps form
   // (warps - 1) / 4 warpgroups of four queries computing each block together with wgmma
   // (sm_90a). 9 warps: two groups, one CTA per SM; 5 warps: one group, two CTAs per SM (the
@@ -97,7 +97,7 @@ const std::vector<Knob>& knobs_of(Design d) {
   // fastest everywhere; one group alone on an SM (5 warps, 3-5 stages) was 1.6x slower, and
   // running a block's softmax while the previous block's P V ran (two blocks in registers, 225
   // a thread) slower still, so neither is offered.
-  static const std::vector<Knob> group = {{"warps", {5, 9, 16}}, {"stages", {2, 5, 4, 3}}, {"persist", {0, 1}}};
+  static const std::vector<Knob> group = {{"warps", {5, 9}}, {"stages", {2, 5, 4, 3}}, {"persist", {0, 1}}};
   switch (d) {
     case Design::reference: return none;
     case Design::sdpa_packed: return dense;
@@ -178,8 +178,7 @@ std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
   const std::int64_t threads = 32LL * knob_value(v, "warps");
   const std::int64_t by_smem = (228LL * 1024) / smem;
   const std::int64_t by_threads = 2048 / threads;
-  // prefill_group's consumers take 164 registers (ptxas, sm_90a): 168 a thread, 12 warps an SM;
-  // at 16 warps the CTA hands registers between its warpgroups and holds the whole file.
+  // prefill_group's consumers take 164 registers (ptxas, sm_90a): 168 a thread, 12 warps an SM.
   const std::int64_t by_registers = v.design == Design::prefill_group
                                         ? 12 / knob_value(v, "warps")
                                         : 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
@@ -294,9 +293,9 @@ std::string prefill_group_problem(const KernelVariant& v) {
   if (s.d_qk % 64 != 0 || (s.d_v != 64 && s.d_v != 128))
     return "prefill_group reads 64-element panels and keeps O in registers: D_qk a multiple of 64 and D_v 64 or 128 "
            "(got D_qk=" + std::to_string(s.d_qk) + ", D_v=" + std::to_string(s.d_v) + "); use prefill_stream";
-  if (knob_value(v, "persist") == 1 && resident_ctas_per_sm(v) < 2 && knob_value(v, "warps") != 16)
+  if (knob_value(v, "persist") == 1 && resident_ctas_per_sm(v) < 2)
     return "persist=1 is offered where two CTAs share an SM (prefill_stream's rule: with one CTA per SM the producer "
-           "warp's union build outlasts the ring), or at warps=16";
+           "warp's union build outlasts the ring)";
   const std::int64_t smem = engine_smem(v);
   if (smem > max_dynamic_shared_bytes(v.arch))
     return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +

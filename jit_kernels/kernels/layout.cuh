@@ -134,16 +134,11 @@ NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block
   return (tma ? 2 : 1) * union_bytes(warps - producers, n) + prefill_stream_barrier_bytes(stages, tma) +
          (warps - producers) * q_tile_bytes(dqk, 1) + ring_bytes(dqk, dv, block, stages, tma);
 }
-/// prefill_group's queries per CTA, four per consumer warpgroup: warps = 4 g + 1 is g groups and
-/// one producer warp; warps = 16 is three groups and a producer warpgroup (one copying warp and
-/// three that hand their registers to the consumers).
-NSA_HD constexpr int group_queries(int warps) { return 4 * ((warps - 1) / 4); }
 /// prefill_group: prefill_stream's two unions and barriers (tma = 1), the TMA ring, and after it
 /// each consumer warpgroup's Q tile of 64 unpadded rows (4 queries x 16; swizzled panels).
 NSA_HD constexpr long long prefill_group_smem(int dqk, int dv, int n, int block, int warps, int stages) {
-  const int queries = group_queries(warps);
-  return 2 * union_bytes(queries, n) + prefill_stream_barrier_bytes(stages, 1) + ring_bytes(dqk, dv, block, stages, 1) +
-         (long long)queries * 16 * dqk * 2;
+  return 2 * union_bytes(warps - 1, n) + prefill_stream_barrier_bytes(stages, 1) + ring_bytes(dqk, dv, block, stages, 1) +
+         (long long)(warps - 1) * 16 * dqk * 2;
 }
 /// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the
 /// cluster merge), the row's 16 Q rows, then the ring of `stages` whole blocks of K and V (from

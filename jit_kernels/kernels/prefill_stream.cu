@@ -89,11 +89,7 @@
 
 constexpr int WARPS = NSA_KNOB_WARPS;
 constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
-#if NSA_PREFILL_GROUP
-constexpr int QTILE = nsa_layout::group_queries(WARPS);  // consumer warps: queries per CTA
-#else
 constexpr int QTILE = WARPS - PRODUCERS;  // consumer warps: queries per CTA
-#endif
 constexpr int STAGES = NSA_KNOB_STAGES;
 constexpr bool TMA = NSA_KNOB_TMA != 0;
 constexpr int THREADS = WARPS * 32;
@@ -107,8 +103,7 @@ static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy
 #endif
 
 #if NSA_PREFILL_GROUP
-static_assert(TMA && (WARPS == QTILE + 1 || WARPS == 16),
-              "prefill_group reads TMA rings with consumer warpgroups: warps = 4 g + 1, or 16");
+static_assert(TMA && QTILE % 4 == 0, "prefill_group reads TMA rings with consumer warpgroups: warps = 4 k + 1");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "prefill_group needs wgmma: compile for sm_90a (the catalog's compile target for sm_90)"
 #endif
@@ -116,15 +111,6 @@ using Core = GroupCore;
 // One warpgroup (5 warps) runs two CTAs per SM (the catalog offers only settings where two fit):
 // 168 registers a thread, three warps to a scheduler.
 constexpr int MIN_CTAS = WARPS <= 5 ? 2 : 1;
-// Three groups need 164 registers a thread (ptxas), and a scheduler's 16384 hold four warps at
-// 128. So at 16 warps the fourth warpgroup hands its registers over (setmaxnreg): its first
-// warp is the producer at PRODUCER_REGS (the TMA issue and the union build), its other three
-// leave, and each consumer warp takes CONSUMER_REGS: 3 x 160 + 32 = 512 a lane, a scheduler's
-// whole file.
-constexpr bool REG_HANDOFF = WARPS == 16;
-constexpr int CONSUMER_REGS = 160, PRODUCER_REGS = 32;
-static_assert(!REG_HANDOFF || (QTILE / 4) * CONSUMER_REGS + PRODUCER_REGS <= 99999 / (THREADS / 4),
-              "the register handoff gives every register of a scheduler to its four warps");
 #else
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
@@ -367,26 +353,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       first.carve(smem);
       first.build(tile.sel, tile.nq, tile.lim0);  // synchronises the CTA: the barriers are initialised too
     }
-    // The producer warp and the consumers run separate loops over the same items (so that
-    // ptxas can give each role its own register count where the CTA hands registers over). The
-    // union buffers are addressed by k's parity at run time (an array of two Unions indexed so
-    // would live in local memory); buffer k % 2 was built by the CTA (k = 0) or by the producer
-    // warp, whose arrival on ready[k % 2] the consumers waited for.
-    if (warp >= QTILE) {
-#if NSA_PREFILL_GROUP
-      if constexpr (REG_HANDOFF) {  // no CTA barrier follows: the idle warps may leave
-        setmaxnreg_dec<PRODUCER_REGS>();
-        if (warp > QTILE) return;
-      }
-#endif
-      const int lane = threadIdx.x & 31;
-      long long k = 0;
-      for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
-        Union cur, next;
-        cur.carve(smem + (k & 1) * UNION_BYTES);
-        cur.read_counts();
-        next.carve(smem + ((k + 1) & 1) * UNION_BYTES);
-        const long long next_item = item + gridDim.x;
+    bool q_pending = true;
+    long long k = 0;
+    for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
+      // The buffers are addressed by k's parity at run time (an array of two Unions indexed so
+      // would live in local memory).
+      Union cur, next;
+      cur.carve(smem + (k & 1) * UNION_BYTES);
+      cur.read_counts();  // built by the CTA (k = 0) or the producer warp, and waited for
+      next.carve(smem + ((k + 1) & 1) * UNION_BYTES);
+      const long long next_item = item + gridDim.x;
+      if (warp >= QTILE) {
+        const int lane = threadIdx.x & 31;
         const int head = cur.nu < STAGES ? cur.nu : STAGES;
         if (lane == 0)
           produce_tma(cur, 0, head, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
@@ -407,33 +385,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
           produce_tma(cur, head, cur.nu, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
                       (int)tile.g, (int)tile.b);
         __syncwarp();
-        seq += (unsigned)cur.nu;
-        if (next_item < items) tile = query_tile<QTILE>(next_item, qtiles, p);
-      }
-    } else {
-#if NSA_PREFILL_GROUP
-      if constexpr (REG_HANDOFF) setmaxnreg_inc<CONSUMER_REGS>();
-#endif
-      long long k = 0;
-      for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
-        Union cur;
-        cur.carve(smem + (k & 1) * UNION_BYTES);
-        cur.read_counts();
+      } else {
         // One past the tile's last query (nq < QTILE) has no bit in umask and computes nothing.
-        // Its Q copies are pending whenever it starts an item; a query with no block of its
-        // own waits for them after the item, before they are reused.
-        consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, true);
-        cp_async_wait<0>();
+        consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, q_pending);
+        if (q_pending) cp_async_wait<0>();  // a query with no block of its own: its copies land before reuse
         if (warp < tile.nq) store(tile);
-        seq += (unsigned)cur.nu;
-        const long long next_item = item + gridDim.x;
-        if (next_item < items) {
-          tile = query_tile<QTILE>(next_item, qtiles, p);
+      }
+      seq += (unsigned)cur.nu;
+      if (next_item < items) {
+        tile = query_tile<QTILE>(next_item, qtiles, p);
+        if (warp < QTILE) {
           mbar_wait(ready0 + 8u * (u32)((k + 1) & 1), (u32)((k >> 1) & 1));  // build k of buffer (k + 1) % 2
 #if NSA_PREFILL_GROUP
           group_sync(warp >> 2);  // the group's last wgmma has read its Q tile before any warp rewrites it
 #endif
           if (warp < tile.nq) issue_q(tile);
+          q_pending = true;
         }
       }
     }

@@ -155,19 +155,6 @@ __device__ __forceinline__ void wgmma_wait() {
 /// it: the register's value is produced asynchronously, which the asm of the wgmma cannot say.
 __device__ __forceinline__ void wgmma_fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
-/// Sets the registers a thread of the calling warpgroup may use to N (a multiple of 8 in [24,
-/// 256]): .dec gives registers back to the SM's pool, .inc waits until the pool has them. All
-/// 128 threads of the warpgroup execute it. ptxas compiles the code after it to N registers only
-/// when the kernel's entry count is known (__launch_bounds__ with a minimum of CTAs per SM).
-template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-
 /// d (64 x 64, fp32; this thread's 8 tiles of its warp's 16 rows) = (accumulate ? d : 0) +
 /// A (64 x 16, K-major, descriptor) * B (16 x 64 with N rows of K, K-major, descriptor).
 __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[8][4], unsigned long long a_desc,
