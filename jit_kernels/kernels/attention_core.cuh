@@ -94,13 +94,15 @@ __device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], floa
 }
 
 /// The online-softmax step of one warp's 16-row MMA tile (see "Softmax" above): s holds the
-/// tile's scores of NT 8-key column tiles in the mma.m16n8k16 C layout, already scaled into the
-/// log2 domain and masked (-inf). Per row (the 4 lanes of a quad share one): the new running
-/// max, P = 2^(s - m) in place of s, l and the NO 8-wide tiles of O rescaled by 2^(m_old - m).
-/// The step of the mma.sync engine below and of the warpgroup engine (attention_wgmma.cuh).
-template <int NT, int NO>
+/// tile's scores of NT 8-key column tiles in the mma.m16n8k16 C layout, masked (-inf) and
+/// already scaled into the log2 domain, or with SCALE_HERE to be multiplied by `scale` (> 0)
+/// here, in one fma with the subtraction of the max (a positive scale keeps the max). Per row
+/// (the 4 lanes of a quad share one): the new running max, P = 2^(s - m) in place of s, l and
+/// the NO 8-wide tiles of O rescaled by 2^(m_old - m). The step of the mma.sync engine below
+/// and of the warpgroup engine (attention_wgmma.cuh, SCALE_HERE).
+template <int NT, int NO, bool SCALE_HERE = false>
 __device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
-                                                    float (&o)[NO][4]) {
+                                                    float (&o)[NO][4], float scale = 1.f) {
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     float mx = NSA_NEG_INF;
@@ -108,7 +110,7 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m
     for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * hf], s[j][2 * hf + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m_run[hf], mx);
+    const float m_new = fmaxf(m_run[hf], SCALE_HERE ? mx * scale : mx);
     const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
     const float alpha = fast_exp2(m_run[hf] - base);
     float rs = 0.f;
@@ -116,7 +118,7 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m
     for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const float pv = fast_exp2(s[j][2 * hf + e] - base);
+        const float pv = fast_exp2(SCALE_HERE ? fmaf(s[j][2 * hf + e], scale, -base) : s[j][2 * hf + e] - base);
         s[j][2 * hf + e] = pv;
         rs += pv;
       }

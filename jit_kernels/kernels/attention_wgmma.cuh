@@ -64,15 +64,20 @@ struct GroupCore {
   float m_run[1][2];
   float l_run[1][2];
   u32 q_group;  // shared address of the group's Q tile
-  u32 k_ring;   // shared address of ring slot 0's K (slot s at + s * K_SLOT_BYTES)
-  u32 v_ring;   // likewise V
+  // The low words of the wgmma descriptors of the Q tile and of ring slot 0's K and V (slot s at
+  // + s * K_SLOT_BYTES / 16, likewise V): a step's descriptor is one of them plus a constant, so
+  // that a block's 12 wgmmas cost an add each in descriptor arithmetic (building each from its
+  // address was ~80 instructions a block, between the ring's wait and the first wgmma).
+  u32 q_desc, k_desc, v_desc;
+  static constexpr u32 K_MAJOR_HI = wgmma_desc_hi(1024), V_HI = wgmma_desc_hi(1024);
   int lane;
   int wq;       // this warp's index in its group (its rows are 16 wq .. 16 wq + 15)
 
   __device__ __forceinline__ void init(u32 q_group_addr, u32 k_ring_addr, u32 v_ring_addr) {
     q_group = q_group_addr;
-    k_ring = k_ring_addr;
-    v_ring = v_ring_addr;
+    q_desc = wgmma_desc_lo(q_group_addr, 16);
+    k_desc = wgmma_desc_lo(k_ring_addr, 16);
+    v_desc = wgmma_desc_lo(v_ring_addr, K_PANEL);
     lane = threadIdx.x & 31;
     wq = (threadIdx.x >> 5) & 3;
   }
@@ -118,17 +123,18 @@ struct GroupCore {
   /// `vis` keys (0: it did not select the block). Called by all four warps of the group; each
   /// wgmma is retired before its results are read, so the slot may be released on return.
   __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
-    const u32 k_slot = k_ring + (u32)(slot * K_SLOT_BYTES);
-    const u32 v_slot = v_ring + (u32)(slot * V_SLOT_BYTES);
+    const u32 k_slot = k_desc + (u32)(slot * (K_SLOT_BYTES >> 4));
+    const u32 v_slot = v_desc + (u32)(slot * (V_SLOT_BYTES >> 4));
     float s[BLK / 8][4];
 
     // S = Q K^T: k16 step ks is 32 bytes into the rows of panel ks / 4.
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < DQK / 16; ++ks) {
-      const u32 off = (u32)((ks >> 2) * Q_PANEL + (ks & 3) * 32);
-      const u32 koff = (u32)((ks >> 2) * K_PANEL + (ks & 3) * 32);
-      wgmma_m64n64k16_ss(s, wgmma_desc(q_group + off, 16, 1024), wgmma_desc(k_slot + koff, 16, 1024), ks > 0);
+      const u32 off = (u32)(((ks >> 2) * Q_PANEL + (ks & 3) * 32) >> 4);
+      const u32 koff = (u32)(((ks >> 2) * K_PANEL + (ks & 3) * 32) >> 4);
+      wgmma_m64n64k16_ss(s, wgmma_desc_of(q_desc + off, K_MAJOR_HI), wgmma_desc_of(k_slot + koff, K_MAJOR_HI),
+                         ks > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -138,10 +144,6 @@ struct GroupCore {
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(s[j][e]);
 
     if (vis > 0) {
-#pragma unroll
-      for (int j = 0; j < BLK / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
       if (vis < BLK) {
         const int c2 = (lane & 3) * 2;
 #pragma unroll
@@ -150,7 +152,17 @@ struct GroupCore {
           for (int e = 0; e < 4; ++e)
             if (j * 8 + c2 + (e & 1) >= vis) s[j][e] = NSA_NEG_INF;
       }
-      online_softmax_step(s, m_run[0], l_run[0], o[0]);
+      // The scale folds into the step's fma where it keeps the max (a positive scale, the
+      // usual 1/sqrt(D) one); any other finite scale is applied first.
+      if (scale_log2 > 0.f) {
+        online_softmax_step<BLK / 8, DV / 8, true>(s, m_run[0], l_run[0], o[0], scale_log2);
+      } else {
+#pragma unroll
+        for (int j = 0; j < BLK / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] = s[j][e] == NSA_NEG_INF ? NSA_NEG_INF : s[j][e] * scale_log2;
+        online_softmax_step(s, m_run[0], l_run[0], o[0]);
+      }
     } else {
 #pragma unroll
       for (int j = 0; j < BLK / 8; ++j)
@@ -170,7 +182,7 @@ struct GroupCore {
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < BLK / 16; ++kc)
-      wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc(v_slot + (u32)(kc * 16 * PANEL_ROWS_BYTES), K_PANEL, 1024));
+      wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc_of(v_slot + (u32)((kc * 16 * PANEL_ROWS_BYTES) >> 4), V_HI));
     wgmma_commit();
     wgmma_wait<0>();
 #pragma unroll

@@ -136,9 +136,14 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], u32 
 ///   panel starts 32 bytes further along the row (the swizzle is applied to the address bits).
 ///   MN-major (rows of the reduction dim whose elements run along N: V for O = P V): sbo = 1024
 ///   between groups of 8 reduction rows, lbo = the step between 64-wide panels along N.
-__device__ __forceinline__ unsigned long long wgmma_desc(u32 addr, u32 lbo, u32 sbo) {
-  return (unsigned long long)((addr & 0x3ffffu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
-         ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+/// The descriptor is built from its low word (address and lbo) and high word (sbo and the
+/// swizzle mode): an engine stepping through a tile adds (byte offset / 16) to the low word, a
+/// constant per step, since a shared address below 256 KiB never carries out of the 14-bit
+/// address field.
+__device__ __forceinline__ u32 wgmma_desc_lo(u32 addr, u32 lbo) { return ((addr & 0x3ffffu) >> 4) | ((lbo >> 4) << 16); }
+constexpr u32 wgmma_desc_hi(u32 sbo) { return (sbo >> 4) | (1u << 30); }
+__device__ __forceinline__ unsigned long long wgmma_desc_of(u32 lo, u32 hi) {
+  return ((unsigned long long)hi << 32) | lo;
 }
 
 /// Orders this warpgroup's register writes (accumulators, A fragments) before the wgmma that
