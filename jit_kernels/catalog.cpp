@@ -92,11 +92,14 @@ const std::vector<Knob>& knobs_of(Design d) {
   // (warps - 1) / 4 warpgroups of four queries computing each block together with wgmma
   // (sm_90a). 9 warps: two groups, one CTA per SM; 5 warps: one group, two CTAs per SM (the
   // persist rule). 13 warps are not offered: four warps then share a scheduler's 16384
-  // registers, 128 a thread, and ptxas spills 736 bytes (sm_90a, D 128 and 192).
+  // registers, 128 a thread, and ptxas spills 736 bytes (sm_90a, D 128 and 192). Three groups
+  // with a producer warpgroup that hands them its registers (16 warps, setmaxnreg to 160 and
+  // 32) compiled with 68 bytes of spills and were 4-5% slower on the H200 (v11, commit ec2ec9b).
   // Measured on the H200 (docs/performance.md, v10): 5 warps (two CTAs per SM, 2 stages) were
   // fastest everywhere; one group alone on an SM (5 warps, 3-5 stages) was 1.6x slower, and
   // running a block's softmax while the previous block's P V ran (two blocks in registers, 225
-  // a thread) slower still, so neither is offered.
+  // a thread) slower still (its wgmmas were serialized by ptxas, C7518: v11), so neither is
+  // offered.
   static const std::vector<Knob> group = {{"warps", {5, 9}}, {"stages", {2, 5, 4, 3}}, {"persist", {0, 1}}};
   switch (d) {
     case Design::reference: return none;

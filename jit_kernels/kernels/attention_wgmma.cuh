@@ -13,12 +13,13 @@
 // not select it contributes nothing, exactly: P = 0), so the design pays where queries share
 // blocks and loses where they do not; the tuner decides per shape and pattern.
 //
-// Measured on the H200 (docs/performance.md, v10): at T = 32768 clustered 1.16x faster than
-// prefill_stream's best (paper config 1.25x), and 1.2-1.25x slower on the random pattern. The
-// best setting is one group per CTA, two CTAs per SM; a group then takes ~3100 cycles a block,
-// ~6x its tensor-core time: its chain (S, wait, softmax, P V, wait) is latency-bound. Running a
+// Measured on the H200 (docs/performance.md, v10, v11): at T = 32768 clustered 1.24x faster than
+// prefill_stream's best (paper config 1.36x), and 1.05-1.14x slower on the random pattern. The
+// best setting is one group per CTA, two CTAs per SM; a group then takes ~2700 cycles a block,
+// ~5x its tensor-core time: its chain (S, wait, softmax, P V, wait) is latency-bound. Running a
 // block's softmax while the previous block's P V ran needed two blocks in registers (225 a
-// thread: one group alone on an SM) and was slower; it is not offered.
+// thread: one group alone on an SM) and was slower, but ptxas serialized that build's wgmmas
+// (C7518: a wgmma in flight across a branch it could not prove uniform); it is not offered.
 //
 // Work of one block (ring slot `slot`, this warp's query sees its first `vis` keys, 0 when it
 // did not select the block):

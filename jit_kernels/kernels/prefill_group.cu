@@ -9,7 +9,7 @@
 // neighbouring queries share blocks (the clustered pattern) and loses where they do not; the
 // tuner measures it next to prefill_stream.
 //
-// Knobs: NSA_KNOB_WARPS (5, 9, 13: one producer warp and 1, 2 or 3 consumer warpgroups),
+// Knobs: NSA_KNOB_WARPS (5, 9: one producer warp and 1 or 2 consumer warpgroups),
 // NSA_KNOB_STAGES (ring depth in whole blocks), NSA_KNOB_PERSIST (as prefill_stream's).
 // Needs sm_90a (compiled for it where the device is sm_90), D_qk a multiple of 64, D_v 64 or 128,
 // block 64, h <= 16. Launch: as prefill_stream's (grid, tensor maps), block = 32 * warps,
