@@ -70,7 +70,7 @@ struct GroupCore {
   // that a block's 12 wgmmas cost an add each in descriptor arithmetic (building each from its
   // address was ~80 instructions a block, between the ring's wait and the first wgmma).
   u32 q_desc, k_desc, v_desc;
-  static constexpr u32 K_MAJOR_HI = wgmma_desc_hi(1024), V_HI = wgmma_desc_hi(1024);
+  static constexpr u32 DESC_HI = wgmma_desc_hi(1024);  // every operand here: sbo 1024, 128-byte swizzle
   int lane;
   int wq;       // this warp's index in its group (its rows are 16 wq .. 16 wq + 15)
 
@@ -134,7 +134,7 @@ struct GroupCore {
     for (int ks = 0; ks < DQK / 16; ++ks) {
       const u32 off = (u32)(((ks >> 2) * Q_PANEL + (ks & 3) * 32) >> 4);
       const u32 koff = (u32)(((ks >> 2) * K_PANEL + (ks & 3) * 32) >> 4);
-      wgmma_m64n64k16_ss(s, wgmma_desc_of(q_desc + off, K_MAJOR_HI), wgmma_desc_of(k_slot + koff, K_MAJOR_HI),
+      wgmma_m64n64k16_ss(s, wgmma_desc_of(q_desc + off, DESC_HI), wgmma_desc_of(k_slot + koff, DESC_HI),
                          ks > 0);
     }
     wgmma_commit();
@@ -183,7 +183,7 @@ struct GroupCore {
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < BLK / 16; ++kc)
-      wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc_of(v_slot + (u32)((kc * 16 * PANEL_ROWS_BYTES) >> 4), V_HI));
+      wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc_of(v_slot + (u32)((kc * 16 * PANEL_ROWS_BYTES) >> 4), DESC_HI));
     wgmma_commit();
     wgmma_wait<0>();
 #pragma unroll

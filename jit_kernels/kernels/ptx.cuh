@@ -140,7 +140,9 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], u32 
 /// swizzle mode): an engine stepping through a tile adds (byte offset / 16) to the low word, a
 /// constant per step, since a shared address below 256 KiB never carries out of the 14-bit
 /// address field.
-__device__ __forceinline__ u32 wgmma_desc_lo(u32 addr, u32 lbo) { return ((addr & 0x3ffffu) >> 4) | ((lbo >> 4) << 16); }
+__device__ __forceinline__ u32 wgmma_desc_lo(u32 addr, u32 lbo) {
+  return ((addr & 0x3ffffu) >> 4) | ((lbo >> 4) << 16);
+}
 constexpr u32 wgmma_desc_hi(u32 sbo) { return (sbo >> 4) | (1u << 30); }
 __device__ __forceinline__ unsigned long long wgmma_desc_of(u32 lo, u32 hi) {
   return ((unsigned long long)hi << 32) | lo;
