@@ -120,36 +120,30 @@ struct GroupCore {
     fence_proxy_async_shared();
   }
 
-  using Scores = float[BLK / 8][4];  // this thread's S (then P) of its warp's 16 rows of a block
-  using PFrag = u32[BLK / 16][4];     // P as the A fragments of P V's BLK / 16 k16 steps
-
-  /// Issues S = Q K^T of the block in ring slot `slot` into `s` and commits it: k16 step ks is
-  /// 32 bytes into the rows of panel ks / 4. `s` is in flight until the group is waited for.
-  __device__ __forceinline__ void issue_s(Scores& s, int slot) const {
+  /// Computes the block in ring slot `slot` for the group; this warp's query sees its first
+  /// `vis` keys (0: it did not select the block). Called by all four warps of the group; each
+  /// wgmma is retired before its results are read, so the slot may be released on return.
+  __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
     const u32 k_slot = k_desc + (u32)(slot * (K_SLOT_BYTES >> 4));
-    // Q's descriptors are loop-invariant; held across the loop they take 16 registers, which
-    // the overlapped consume has not got (ptxas hoisted them and spilled them): an add each here.
-    u32 q_lo;
-    asm volatile("mov.b32 %0, %1;" : "=r"(q_lo) : "r"(q_desc));
+    const u32 v_slot = v_desc + (u32)(slot * (V_SLOT_BYTES >> 4));
+    float s[BLK / 8][4];
+
+    // S = Q K^T: k16 step ks is 32 bytes into the rows of panel ks / 4.
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < DQK / 16; ++ks) {
       const u32 off = (u32)(((ks >> 2) * Q_PANEL + (ks & 3) * 32) >> 4);
       const u32 koff = (u32)(((ks >> 2) * K_PANEL + (ks & 3) * 32) >> 4);
-      wgmma_m64n64k16_ss(s, wgmma_desc_of(q_lo + off, DESC_HI), wgmma_desc_of(k_slot + koff, DESC_HI),
+      wgmma_m64n64k16_ss(s, wgmma_desc_of(q_desc + off, DESC_HI), wgmma_desc_of(k_slot + koff, DESC_HI),
                          ks > 0);
     }
     wgmma_commit();
-  }
-
-  /// Once issue_s's group is retired: this warp's P in `s` (its query sees the first `vis` keys;
-  /// 0: P = 0), m and l updated, and `alpha` the factor O is to be rescaled by (pack_p). Touches
-  /// neither O nor a P V's fragments, so a P V may be in flight meanwhile.
-  __device__ __forceinline__ void softmax(Scores& s, int vis, float scale_log2, float (&alpha)[2]) {
+    wgmma_wait<0>();
 #pragma unroll
     for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(s[j][e]);
+
     if (vis > 0) {
       if (vis < BLK) {
         const int c2 = (lane & 3) * 2;
@@ -162,68 +156,39 @@ struct GroupCore {
       // The scale folds into the step's fma where it keeps the max (a positive scale, the
       // usual 1/sqrt(D) one); any other finite scale is applied first.
       if (scale_log2 > 0.f) {
-        online_softmax_p<BLK / 8, true>(s, m_run[0], l_run[0], alpha, scale_log2);
+        online_softmax_step<BLK / 8, DV / 8, true>(s, m_run[0], l_run[0], o[0], scale_log2);
       } else {
 #pragma unroll
         for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[j][e] = s[j][e] == NSA_NEG_INF ? NSA_NEG_INF : s[j][e] * scale_log2;
-        online_softmax_p(s, m_run[0], l_run[0], alpha);
+        online_softmax_step(s, m_run[0], l_run[0], o[0]);
       }
     } else {
 #pragma unroll
       for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
-      alpha[0] = alpha[1] = 1.f;
     }
-  }
 
-  /// O rescaled by `alpha` (when `rescale`: the warp's query saw the block) and P packed into
-  /// `pa`. No P V may be in flight: it accumulates into O.
-  __device__ __forceinline__ void pack_p(const Scores& s, const float (&alpha)[2], bool rescale, PFrag& pa) {
+    // O += P V: k16 step kc is 16 V rows (2048 bytes) into the slot; N runs over the D_v / 64
+    // panels, K_PANEL apart.
+    u32 pa[BLK / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < BLK / 16; ++kc) p_fragment(pa[kc], s, kc);
 #pragma unroll
     for (int dt = 0; dt < DV / 8; ++dt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
-    if (rescale) rescale_o(o[0], alpha);
-#pragma unroll
-    for (int kc = 0; kc < BLK / 16; ++kc) p_fragment(pa[kc], s, kc);
-  }
-
-  /// Issues O += P V of the block in ring slot `slot` from `pa` and commits it: k16 step kc is 16
-  /// V rows (2048 bytes) into the slot; N runs over the D_v / 64 panels, K_PANEL apart. O and
-  /// `pa` are in flight until the group is waited for (then o_settled).
-  __device__ __forceinline__ void issue_pv(const PFrag& pa, int slot) {
-    const u32 v_slot = v_desc + (u32)(slot * (V_SLOT_BYTES >> 4));
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < BLK / 16; ++kc)
       wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc_of(v_slot + (u32)((kc * 16 * PANEL_ROWS_BYTES) >> 4), DESC_HI));
     wgmma_commit();
-  }
-
-  /// After issue_pv's group is retired: O is settled for the compiler too.
-  __device__ __forceinline__ void o_settled() {
+    wgmma_wait<0>();
 #pragma unroll
     for (int dt = 0; dt < DV / 8; ++dt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
-  }
-
-  /// Computes the block in ring slot `slot` for the group, start to end; this warp's query sees
-  /// its first `vis` keys (0: it did not select the block). Called by all four warps of the
-  /// group; every wgmma is retired on return, so the slot may be released.
-  __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
-    Scores s;
-    PFrag pa;
-    float alpha[2];
-    issue_s(s, slot);
-    wgmma_wait<0>();
-    softmax(s, vis, scale_log2, alpha);
-    pack_p(s, alpha, vis > 0, pa);
-    issue_pv(pa, slot);
-    wgmma_wait<0>();
-    o_settled();
   }
 };

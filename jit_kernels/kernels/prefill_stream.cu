@@ -183,59 +183,11 @@ __device__ __forceinline__ void group_sync(int grp) {
 /// Warp q's rows see the block's first visible_in_block(block, lim_q) keys if its query
 /// selected it, none otherwise. With `q_pending` the group's Q copies may still be in flight:
 /// every warp waits for its own and the group meets before the first wgmma reads the tile.
-///
-/// With one group per CTA (warps = 5) every union block is the group's, and the group works one
-/// block ahead of itself: for block j it issues j's S, then block j - 1's P V, retires S only and
-/// runs j's softmax while that P V is on the tensor cores, then retires the P V, releases block
-/// j - 1's slot and rescales O. So two slots are held at once (j - 1 and j, consecutive: j + 1's
-/// copy waits only for j - 1's release), and no wgmma is in flight across a loop iteration or a
-/// branch of the softmax (a P V in flight across a branch ptxas cannot prove uniform makes it
-/// serialize every wgmma: C7518).
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
                                         long long lim_q, float scale_log2, bool q_pending = false) {
   const int lane = core.lane;
   const int grp = q >> 2;
   core.reset();
-  if constexpr (QTILE == 4) {
-    if (un.nu == 0) return;
-    auto stage_of = [&](int j) { return (int)((seq + (unsigned)j) % STAGES); };
-    auto wait_landed = [&](int j) {
-      mbar_wait(full0 + 8u * stage_of(j), ((seq + (unsigned)j) / STAGES) & 1u);
-    };
-    auto vis_of = [&](int j) {
-      return ((un.umask[j] >> q) & 1u) != 0u ? visible_in_block(un.ulist[j], lim_q) : 0;
-    };
-    Core::Scores s;
-    Core::PFrag pa;
-    float alpha[2];
-    wait_landed(0);
-    if (q_pending) {
-      core.q_landed();
-      group_sync(grp);
-    }
-    int vis = vis_of(0);
-    core.issue_s(s, stage_of(0));
-    wgmma_wait<0>();
-    core.softmax(s, vis, scale_log2, alpha);
-    core.pack_p(s, alpha, vis > 0, pa);
-    for (int j = 1; j < un.nu; ++j) {
-      wait_landed(j);
-      vis = vis_of(j);
-      core.issue_s(s, stage_of(j));
-      core.issue_pv(pa, stage_of(j - 1));
-      wgmma_wait<1>();  // j's S (committed first) is done; j - 1's P V may still run
-      core.softmax(s, vis, scale_log2, alpha);
-      wgmma_wait<0>();
-      core.o_settled();
-      if (lane == 0) mbar_arrive(empty0 + 8u * stage_of(j - 1));
-      core.pack_p(s, alpha, vis > 0, pa);
-    }
-    core.issue_pv(pa, stage_of(un.nu - 1));
-    wgmma_wait<0>();
-    core.o_settled();
-    if (lane == 0) mbar_arrive(empty0 + 8u * stage_of(un.nu - 1));
-    return;
-  }
   for (int j = 0; j < un.nu; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
