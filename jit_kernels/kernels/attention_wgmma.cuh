@@ -17,9 +17,10 @@
 // prefill_stream's best (paper config 1.36x), and 1.05-1.14x slower on the random pattern. The
 // best setting is one group per CTA, two CTAs per SM; a group then takes ~2700 cycles a block,
 // ~5x its tensor-core time: its chain (S, wait, softmax, P V, wait) is latency-bound. Running a
-// block's softmax while the previous block's P V ran needed two blocks in registers (225 a
-// thread: one group alone on an SM) and was slower, but ptxas serialized that build's wgmmas
-// (C7518: a wgmma in flight across a branch it could not prove uniform); it is not offered.
+// block's softmax while the previous block's P V ran was slower: v10's build had its wgmmas
+// serialized by ptxas (C7518: waits in branches it could not prove uniform while a wgmma was in
+// flight), and v11's, which had not (commit cc88c4a), was 15-20% slower, since at two ring stages
+// it holds both slots through the softmax and the next block's copy waits; it is not offered.
 //
 // Work of one block (ring slot `slot`, this warp's query sees its first `vis` keys, 0 when it
 // did not select the block):
