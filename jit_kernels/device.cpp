@@ -156,6 +156,7 @@ LoadedDriver load() {
   resolve("cuModuleUnload", api.module_unload);
   resolve("cuModuleGetFunction", api.module_get_function);
   resolve("cuFuncSetAttribute", api.func_set_attribute);
+  resolve("cuFuncGetAttribute", api.func_get_attribute, CUDA_VERSION, /*optional=*/true);
   resolve("cuLaunchKernel", api.launch_kernel);
   resolve("cuMemAlloc", api.mem_alloc);
   resolve("cuMemFree", api.mem_free);

@@ -2,6 +2,7 @@
 
 #include "nsa/jit/driver.hpp"
 
+#include <algorithm>
 #include <string>
 
 #include "driver_api.hpp"
@@ -375,6 +376,12 @@ DriverResult<PreparedPlan> PreparedPlan::prepare(const Module& module, const Lau
                     "'" + l.entry + "' asks for " + std::to_string(l.shared_bytes) +
                         " bytes of dynamic shared memory, more than the device allows per block");
     }
+    // The register count is reported, never needed to launch: unknown (0) when the driver
+    // does not answer.
+    int regs = 0;
+    if (api().func_get_attribute != nullptr &&
+        api().func_get_attribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, *f) == CUDA_SUCCESS)
+      p.m_registers = std::max(p.m_registers, regs);
     p.m_functions.push_back(*f);
   }
   return p;

@@ -46,6 +46,7 @@ void expect_launchable(const CompileOutcome& o) {
       auto k = std::find_if(c.kernels.begin(), c.kernels.end(), [&](const auto& r) { return r.entry == l.entry; });
       ASSERT_NE(k, c.kernels.end()) << o.key << ": the plan launches '" << l.entry << "', which the cubin lacks";
       const long threads = static_cast<long>(l.block[0]) * l.block[1] * l.block[2];
+      EXPECT_GT(k->registers, 0) << o.key << ": ptxas's resource line for " << l.entry << " was not read";
       EXPECT_LE(threads * k->registers, 65536)
           << o.key << ": " << l.entry << " uses " << k->registers << " registers x " << threads << " threads";
       EXPECT_LE(static_cast<long>(k->shared_bytes) + l.shared_bytes, max_dynamic_shared_bytes(o.variant.arch))

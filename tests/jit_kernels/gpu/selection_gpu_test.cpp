@@ -123,6 +123,8 @@ std::optional<LoadedVariant> load_variant(const KernelVariant& v, const RuntimeS
     ADD_FAILURE() << loaded.error().message();
     return std::nullopt;
   }
+  // The driver's register count (what nsa-bench-kernels reports) is known for every kernel.
+  EXPECT_GT(loaded->registers(), 0) << v.key();
   return std::move(*loaded);
 }
 

@@ -192,10 +192,15 @@ class PreparedPlan {
   /// it alone); the same workspace check. Error (without launching) for an index out of range.
   DriverResult<void> launch_one(std::size_t index, const SelectionParams& params, const Stream& stream) const;
   const LaunchPlan& plan() const { return m_plan; }
+  /// The most registers a thread of the plan's kernels uses, as the driver loaded them
+  /// (CU_FUNC_ATTRIBUTE_NUM_REGS): the count that runs, whatever the compile log said; 0 when
+  /// the driver could not say.
+  int registers() const { return m_registers; }
 
  private:
   LaunchPlan m_plan;
   std::vector<CUfunction> m_functions;
+  int m_registers = 0;
   std::string m_variant;
 };
 

@@ -98,6 +98,8 @@ class LoadedVariant {
 
   const KernelVariant& variant() const { return m_variant; }
   const LaunchPlan& plan() const { return m_prepared.plan(); }
+  /// Registers a thread of the variant's kernels uses, from the driver (PreparedPlan::registers).
+  int registers() const { return m_prepared.registers(); }
 
  private:
   LoadedVariant(KernelVariant v, Module m, PreparedPlan p, DeviceBuffer w)
