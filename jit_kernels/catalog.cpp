@@ -82,12 +82,14 @@ const std::vector<Knob>& knobs_of(Design d) {
   // keep HBM busy, split 4 at B = 1; decode_stream_problem() prunes splits beyond a full row's
   // blocks and rings deeper than a CTA's share.
   // tma = 1 as in prefill_stream (one producer warp whose one thread copies each block as the
-  // TMA's panels).
-  static const std::vector<Knob> decode = {{"tma", {1, 0}},
-                                           {"split", {1, 4, 2}},
-                                           {"consumers", {4, 2, 6}},
-                                           {"producers", {2, 1}},
-                                           {"stages", {4, 3, 2, 5}}};
+  // TMA's panels). share = 4: the four consumers compute each block together, 16 keys each
+  // (share = 1: a consumer computes whole blocks). On the H200 (docs/performance.md, v12) that
+  // made the last block's math after its copy a quarter as long, 8.8 against 9.7 us at B = 16
+  // with one block a row, but where a row has many blocks the 16-key steps cost more than they
+  // save (B = 16, n = 16: 17.9 against 16.7 us); share = 2 was within 1% of share = 1 everywhere.
+  static const std::vector<Knob> decode = {{"tma", {1, 0}},      {"split", {1, 4, 2}},
+                                           {"consumers", {4, 2, 6}}, {"producers", {2, 1}},
+                                           {"stages", {4, 3, 2, 5}}, {"share", {1, 4}}};
   // prefill_group: prefill_stream with tma = 1 and one producer warp, whose consumer warps form
   // (warps - 1) / 4 warpgroups of four queries computing each block together with wgmma
   // (sm_90a). 9 warps: two groups, one CTA per SM; 5 warps: one group, two CTAs per SM (the
@@ -332,7 +334,14 @@ std::string decode_stream_problem(const KernelVariant& v) {
     return "consumers=" + std::to_string(consumers) + " and producers=" + std::to_string(producers) +
            " make more than 8 warps; a consumer keeps Q and a block's scores in registers, which needs the 255 "
            "registers a thread has up to 8 warps";
-  const int regs = s.d_v / 2 + L::stream_chunk(warps, s.block) / 2 + s.d_qk / 4 + 40;
+  const int share = knob_value(v, "share");
+  if (consumers % share != 0)
+    return "share=" + std::to_string(share) + " does not divide consumers=" + std::to_string(consumers) +
+           ": the consumers form teams of share warps";
+  if (s.block % (16 * share) != 0)
+    return "share=" + std::to_string(share) + " splits a block of " + std::to_string(s.block) +
+           " keys into parts that are not whole 16-key MMA steps: use a smaller share";
+  const int regs = s.d_v / 2 + L::decode_stream_step(warps, s.block, share) / 2 + s.d_qk / 4 + 40;
   if (regs > L::stream_register_budget(warps))
     return "a consumer warp needs about " + std::to_string(regs) + " registers per thread, more than the " +
            std::to_string(L::stream_register_budget(warps)) + " a thread has: this family's D is too large for it";

@@ -18,6 +18,8 @@
 // k16 MMA), and issues D_v/16 ldmatrix.x4.trans of V and D_v/8 MMAs for O (16 x D_v).
 //
 // Softmax. Scores are scaled by scale * log2(e) so exp2 (ex2.approx) does the exponentials.
+// (The warpgroup engine folds a positive scale into the exponent's fma; here that was 5% slower
+// for prefill_stream's 12-warp setting on the H200, docs/performance.md v12, so S is scaled.)
 // A fully masked row keeps m = -inf; the exponent base is then taken as 0 instead of m, so no
 // (-inf) - (-inf) = NaN ever appears, and l stays 0: the design writes O = 0, LSE = -inf for it.
 //
@@ -481,13 +483,22 @@ struct AttentionCore {
   /// tiles past them are skipped, the one they cut is masked.
   template <int BLK_>
   __device__ __forceinline__ void compute_block_prefix(int slot, int vis, float scale_log2) {
-    static_assert(BLK_ % TILE == 0, "a block is a whole number of compute steps");
+    compute_block_part<BLK_, BLK_>(slot, 0, vis, scale_log2);
+  }
+
+  /// compute_block_prefix for the block's keys [key0, key0 + KEYS) only (both multiples of
+  /// TILE), for engines that share a block's keys between warps (decode_stream's share knob):
+  /// keys at or past `vis` are skipped or masked as there.
+  template <int BLK_, int KEYS>
+  __device__ __forceinline__ void compute_block_part(int slot, int key0, int vis, float scale_log2) {
+    static_assert(BLK_ % TILE == 0 && KEYS % TILE == 0 && KEYS <= BLK_, "a block part is a whole number of compute steps");
     constexpr int SUBS = BLK_ / TILE;
 #pragma unroll
-    for (int sub = 0; sub < SUBS; ++sub) {
-      if (sub * TILE >= vis) break;
-      compute_tile(slot * SUBS + sub, (sub + 1) * TILE <= vis, scale_log2, [&](int c0, int) {
-        const int left = vis - sub * TILE - c0;
+    for (int sub = 0; sub < KEYS / TILE; ++sub) {
+      const int k0 = key0 + sub * TILE;
+      if (k0 >= vis) break;
+      compute_tile(slot * SUBS + k0 / TILE, k0 + TILE <= vis, scale_log2, [&](int c0, int) {
+        const int left = vis - k0 - c0;
         return left <= 0 ? 0 : (left >= 16 ? 16 : left);
       });
     }

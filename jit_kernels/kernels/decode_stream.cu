@@ -22,7 +22,9 @@
 //
 // Roles. Warps 0 .. CONSUMERS-1 are consumers, the last PRODUCERS warps load. Block j of the share
 // (j counted across the CTA's work items, as `seq` + j) goes to ring stage j % STAGES in that
-// stage's phase j / STAGES and is computed by consumer j % CONSUMERS. The hand-over is
+// stage's phase j / STAGES and is computed by team j % TEAMS: the consumers form TEAMS =
+// CONSUMERS / SHARE teams of SHARE warps, and each warp of a team computes BLK / SHARE of the
+// block's keys (share = 1: a consumer computes whole blocks). The hand-over is
 // prefill_stream's (see its "Roles" for why it is sound): full[s] completes when every producer
 // lane's copies of the block have landed (cp.async.mbarrier.arrive, count PRODUCERS * 32);
 // empty[s] when every consumer is past it (count CONSUMERS). Every consumer passes every block in
@@ -43,10 +45,15 @@
 // accelerator into 128-byte-swizzled slots, as prefill_stream's; K's and V's tensor maps are
 // kernel arguments after p), NSA_KNOB_SPLIT (1..8; > 1 needs sm_90 clusters), NSA_KNOB_CONSUMERS,
 // NSA_KNOB_PRODUCERS (consumers + producers <= 8 warps, so a thread may use 255 registers:
-// layout.cuh's stream register plan), NSA_KNOB_STAGES (2..8: ring depth in whole blocks). The
+// layout.cuh's stream register plan), NSA_KNOB_STAGES (2..8: ring depth in whole blocks),
+// NSA_KNOB_SHARE (consumers per block, dividing consumers, block / share a multiple of 16). The
 // catalog offers split {1, 4, 2}, consumers {4, 2, 6}, producers {2} (1 with tma = 1), stages
 // {4, 3, 2, 5}: the values that won somewhere among 84 settings measured on the H100; tma = 1 was
-// the fastest in every decode case on the H200 (docs/performance.md, v8).
+// the fastest in every decode case on the H200 (docs/performance.md, v8). share {1, 4}: four
+// warps on one block cut its math after it lands to about a quarter, which wins where a row
+// has few blocks (B = 16, n = 1 on the H200: 8.8 against 9.7 us) and loses where it has many,
+// a 16-key step costing a warp nearly as long as a 64-key one (n = 16: 17.9 against 16.7 us;
+// docs/performance.md, v12).
 // Needs h <= 16. Launch: grid.x = min(rows * SPLIT, the largest multiple of SPLIT <= 2^31-1) (CTAs
 // loop over the rest), block = 32 * (consumers + producers), dynamic shared memory =
 // nsa_layout::decode_stream_smem(...). No workspace.
@@ -55,8 +62,8 @@
 #include "selected_row.cuh"
 
 #if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_CONSUMERS) || !defined(NSA_KNOB_PRODUCERS) || \
-    !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA)
-#error "decode_stream.cu needs the knobs tma, split, consumers, producers and stages (jit_kernels/catalog.cpp)"
+    !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA) || !defined(NSA_KNOB_SHARE)
+#error "decode_stream.cu needs the knobs tma, split, consumers, producers, stages and share (jit_kernels/catalog.cpp)"
 #endif
 
 constexpr int SPLIT = NSA_KNOB_SPLIT;
@@ -64,13 +71,18 @@ constexpr int CONSUMERS = NSA_KNOB_CONSUMERS;
 constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
 constexpr int STAGES = NSA_KNOB_STAGES;
 constexpr bool TMA = NSA_KNOB_TMA != 0;
+constexpr int SHARE = NSA_KNOB_SHARE;      // consumers computing one block together
+constexpr int TEAMS = CONSUMERS / SHARE;   // blocks in computation at once
+constexpr int PART = BLK / SHARE;          // keys of a block each of its consumers computes
 static_assert(!TMA || PRODUCERS == 1, "with tma = 1 one thread issues every copy: one producer warp");
 #if NSA_KNOB_TMA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 #error "decode_stream with tma = 1 needs sm_90 or newer (the tensor memory accelerator)"
 #endif
 constexpr int WARPS = CONSUMERS + PRODUCERS;
 constexpr int THREADS = WARPS * 32;
-constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
+constexpr int CHUNK = nsa_layout::decode_stream_step(WARPS, BLK, SHARE);  // keys per compute step
+static_assert(CONSUMERS % SHARE == 0, "share must divide consumers: the consumers form teams of share warps");
+static_assert(PART % 16 == 0 && PART % CHUNK == 0, "a consumer's part of a block is whole 16-key steps");
 static_assert(H <= 16, "decode_stream computes a row's heads as the 16 rows of one MMA tile: h must be at most 16");
 static_assert(WARPS <= 8, "decode_stream keeps Q in registers: at most 8 warps (255 registers a thread)");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
@@ -135,18 +147,20 @@ __device__ __forceinline__ void produce_tma(const SelectedRow& row, long long fi
   }
 }
 
-/// Consumer warp c passes blocks [first, last) and computes those it owns ((j - first) % CONSUMERS
-/// == c), into its engine's running state.
+/// Consumer warp c passes blocks [first, last) and computes its part of those its team owns:
+/// team c / SHARE owns block j when (j - first) % TEAMS is it, and consumer c computes the
+/// block's keys [(c % SHARE) * PART, + PART), into its engine's running state.
 __device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long long first, long long last,
                                         unsigned seq, u32 full0, u32 empty0, int c, float scale_log2) {
   const int lane = core.lane;
+  const int team = c / SHARE, key0 = (c % SHARE) * PART;
   for (long long j = first; j < last; ++j) {
     const unsigned n = seq + (unsigned)(j - first);
     const int s = (int)(n % STAGES);
     mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
-    if ((int)((j - first) % CONSUMERS) == c) {
+    if ((int)((j - first) % TEAMS) == team) {
       const long long left = row.npos - j * BLK;  // >= 1: the list holds visible blocks only
-      core.compute_block_prefix<BLK>(s, left >= BLK ? BLK : (int)left, scale_log2);
+      core.compute_block_part<BLK, PART>(s, key0, left >= BLK ? BLK : (int)left, scale_log2);
       __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
     }
     if (lane == 0) mbar_arrive(empty0 + 8u * s);

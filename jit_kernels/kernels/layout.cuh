@@ -110,6 +110,11 @@ NSA_HD constexpr bool stream_q_in_registers(int warps) { return warps <= 8; }
 NSA_HD constexpr int stream_chunk(int warps, int block) {
   return min_i(block, warps <= 8 ? 64 : (warps <= 12 ? 32 : 16));
 }
+/// decode_stream's compute step: `share` consumers compute a block together, each its
+/// block / share keys, in steps of at most stream_chunk's.
+NSA_HD constexpr int decode_stream_step(int warps, int block, int share) {
+  return min_i(stream_chunk(warps, block), block / share);
+}
 /// A ring slot of the streaming designs holds one whole block of K and V: padded rows when
 /// cp.async fills it, the TMA's unpadded 128-byte-swizzled panels when it does (tma = 1), whose
 /// ring starts at the next multiple of kTmaAlign bytes (the kernel aligns it at run time, so the

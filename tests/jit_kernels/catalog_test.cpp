@@ -481,12 +481,15 @@ TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
   const auto on_sm90 = variants_for(kDecode, "sm_90", Design::decode_stream);
   ASSERT_FALSE(on_sm90.empty());
   EXPECT_EQ(on_sm90.front().key(),
-            "sel_fwd.decode_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_split1_consumers4_producers1_stages4.sm90");
-  std::set<int> splits;
+            "sel_fwd.decode_stream.dqk128_dv128_h16_blk64_n16_bf16.tma1_split1_consumers4_producers1_stages4_share1.sm90");
+  std::set<int> splits, shares;
   for (const auto& v : on_sm90) {
     const int split = v.knob("split", 0), warps = v.knob("consumers", 0) + v.knob("producers", 0);
     splits.insert(split);
+    shares.insert(v.knob("share", 0));
     EXPECT_LE(warps, 8) << v.key();
+    // A team of share consumers computes a block, each its whole 16-key steps.
+    EXPECT_EQ(v.knob("consumers", 0) % v.knob("share", 0), 0) << v.key();
     // A ring deeper than a CTA's share of a full row (n = 16 blocks) is not offered.
     EXPECT_TRUE(v.knob("stages", 0) <= 2 || v.knob("stages", 0) <= 16 / split) << v.key();
     const LaunchPlan plan = plan_for(v, RuntimeShape{3, 1, 5000, 4});
@@ -500,21 +503,31 @@ TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
                                                                   v.knob("stages", 0), split, v.knob("tma", 0))));
   }
   EXPECT_EQ(splits, (std::set<int>{1, 2, 4}));
+  EXPECT_EQ(shares, (std::set<int>{1, 4}));
 
   // Splits merge in a cluster: before sm_90 only split 1 is offered, and a split one is refused.
   for (const auto& v : variants_for(kDecode, "sm_80", Design::decode_stream)) EXPECT_EQ(v.knob("split", 0), 1) << v.key();
   KernelVariant clustered = default_variant(Design::decode_stream, kDecode, "sm_90");
-  clustered.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 4}, {"producers", 2}, {"stages", 4}};
+  clustered.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 4}, {"producers", 2}, {"stages", 4}, {"share", 1}};
   clustered.arch = "sm_80";
   expect_refused(clustered, RuntimeShape{1, 1, 100, 2}, "thread-block cluster", "a split decode_stream was planned on sm_80");
   KernelVariant crowded = default_variant(Design::decode_stream, kDecode, "sm_90");
-  crowded.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 6}, {"producers", 2}, {"stages", 4}};  // 8 warps
+  crowded.knobs = {{"tma", 0}, {"split", 2}, {"consumers", 6}, {"producers", 2}, {"stages", 4}, {"share", 1}};  // 8 warps
   EXPECT_TRUE(std::any_of(on_sm90.begin(), on_sm90.end(), [&](const auto& v) { return v.key() == crowded.key(); }))
       << crowded.key() << ": 8 warps are still offered";
   KernelVariant past_share = crowded;
-  past_share.knobs = {{"tma", 0}, {"split", 4}, {"consumers", 4}, {"producers", 2}, {"stages", 5}};
+  past_share.knobs = {{"tma", 0}, {"split", 4}, {"consumers", 4}, {"producers", 2}, {"stages", 5}, {"share", 1}};
   expect_refused(past_share, RuntimeShape{1, 1, 100, 2}, "exceeds the 4 blocks a CTA of split=4 owns",
                  "a ring deeper than a CTA's share was planned");
+  KernelVariant uneven = crowded;
+  uneven.knobs = {{"tma", 0}, {"split", 1}, {"consumers", 6}, {"producers", 2}, {"stages", 4}, {"share", 4}};
+  expect_refused(uneven, RuntimeShape{1, 1, 100, 2}, "share=4 does not divide consumers=6",
+                 "six consumers were planned in teams of four");
+  KernelVariant small_blocks = default_variant(Design::decode_stream, kDecode, "sm_90");
+  small_blocks.spec.block = 32;
+  small_blocks.knobs = {{"tma", 0}, {"split", 1}, {"consumers", 4}, {"producers", 2}, {"stages", 4}, {"share", 4}};
+  expect_refused(small_blocks, RuntimeShape{1, 1, 100, 2}, "not whole 16-key MMA steps",
+                 "a 32-key block was planned in four 8-key parts");
   KernelVariant wide = default_variant(Design::decode_stream, kDecode, "sm_90");
   wide.spec = kWideHeads;
   expect_refused(wide, RuntimeShape{1, 1, 100, 2}, "h=32 query heads per group exceed the 16 rows",

@@ -232,6 +232,11 @@ PatternOptions edges(double empty_fraction, int future_blocks, int empty_rows_ev
   return o;
 }
 
+SelectionShape with_scale(SelectionShape s, float scale) {
+  s.scale = scale;
+  return s;
+}
+
 std::vector<Case> edge_cases() {
   using P = SelectionPattern;
   const auto bf16 = ElemType::bf16, fp16 = ElemType::fp16;
@@ -256,6 +261,10 @@ std::vector<Case> edge_cases() {
       {"block128_bf16", bf16, make_shape(8, 1, 2100, 2, 16, 128, 128, 128, 8), P::random, edges(0, 0, 0)},
       // the paper config in prefill with bf16
       {"prefill_paper_bf16", bf16, make_shape(1, 300, 1200, 1, 16, 192, 128, 64, 16), P::clustered, edges(0.1, 1, 7)},
+      // a negative softmax scale: the engines fold a positive scale into the exponent's fma and
+      // apply any other one to the scores first (a negative scale does not keep the max)
+      {"negative_scale_bf16", bf16, with_scale(make_shape(2, 130, 1100, 2, 16, 128, 128, 64, 16), -0.07f), P::clustered,
+       edges(0.1, 1, 0)},
   };
 }
 
