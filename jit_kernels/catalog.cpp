@@ -98,11 +98,10 @@ const std::vector<Knob>& knobs_of(Design d) {
   // with a producer warpgroup that hands them its registers (16 warps, setmaxnreg to 160 and
   // 32) compiled with 68 bytes of spills and were 4-5% slower on the H200 (v11, commit ec2ec9b).
   // Measured on the H200 (docs/performance.md, v10): 5 warps (two CTAs per SM, 2 stages) were
-  // fastest everywhere; one group alone on an SM (5 warps, 3-5 stages) was 1.6x slower, and
-  // running a block's softmax while the previous block's P V ran was slower still: v10's build
-  // (225 registers) had its wgmmas serialized by ptxas (C7518), and v11's, which had not, was
-  // 15-20% slower (commit cc88c4a: at 2 stages it holds both ring slots through the softmax), so
-  // neither is offered.
+  // fastest everywhere; one group alone on an SM (5 warps, 3-5 stages) was 1.6x slower. With
+  // 5 warps a block's softmax runs while the previous block's P V does (v12: 1.04-1.06x, with
+  // the ring's K and V handed over apart); 9 warps keep the plain chain (3-4% slower since K
+  // and V have barriers of their own, v12; never the fastest setting).
   static const std::vector<Knob> group = {{"warps", {5, 9}}, {"stages", {2, 5, 4, 3}}, {"persist", {0, 1}}};
   switch (d) {
     case Design::reference: return none;

@@ -99,12 +99,12 @@ __device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], floa
 /// tile's scores of NT 8-key column tiles in the mma.m16n8k16 C layout, masked (-inf) and
 /// already scaled into the log2 domain, or with SCALE_HERE to be multiplied by `scale` (> 0)
 /// here, in one fma with the subtraction of the max (a positive scale keeps the max). Per row
-/// (the 4 lanes of a quad share one): the new running max, P = 2^(s - m) in place of s, l and
-/// the NO 8-wide tiles of O rescaled by 2^(m_old - m). The step of the mma.sync engine below
-/// and of the warpgroup engine (attention_wgmma.cuh, SCALE_HERE).
-template <int NT, int NO, bool SCALE_HERE = false>
-__device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
-                                                    float (&o)[NO][4], float scale = 1.f) {
+/// (the 4 lanes of a quad share one): the new running max, P = 2^(s - m) in place of s, l, and
+/// in `alpha` the factor 2^(m_old - m) by which O is to be rescaled (rescale_o), which the
+/// warpgroup engine does only once the previous block's P V, accumulating into O, is retired.
+template <int NT, bool SCALE_HERE = false>
+__device__ __forceinline__ void online_softmax_p(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
+                                                 float (&alpha)[2], float scale = 1.f) {
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     float mx = NSA_NEG_INF;
@@ -114,7 +114,7 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_new = fmaxf(m_run[hf], SCALE_HERE ? mx * scale : mx);
     const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
-    const float alpha = fast_exp2(m_run[hf] - base);
+    alpha[hf] = fast_exp2(m_run[hf] - base);
     float rs = 0.f;
 #pragma unroll
     for (int j = 0; j < NT; ++j)
@@ -124,14 +124,30 @@ __device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m
         s[j][2 * hf + e] = pv;
         rs += pv;
       }
-    l_run[hf] = l_run[hf] * alpha + rs;
+    l_run[hf] = l_run[hf] * alpha[hf] + rs;
     m_run[hf] = m_new;
+  }
+}
+
+/// O's rows times the factors of online_softmax_p.
+template <int NO>
+__device__ __forceinline__ void rescale_o(float (&o)[NO][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
     for (int dt = 0; dt < NO; ++dt) {
-      o[dt][2 * hf] *= alpha;
-      o[dt][2 * hf + 1] *= alpha;
+      o[dt][2 * hf] *= alpha[hf];
+      o[dt][2 * hf + 1] *= alpha[hf];
     }
-  }
+}
+
+/// online_softmax_p and rescale_o in one: the step of the mma.sync engine below.
+template <int NT, int NO>
+__device__ __forceinline__ void online_softmax_step(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
+                                                    float (&o)[NO][4]) {
+  float alpha[2];
+  online_softmax_p(s, m_run, l_run, alpha);
+  rescale_o(o, alpha);
 }
 
 /// The A fragment of P for keys [16 kc, 16 kc + 16): the C tiles 2 kc and 2 kc + 1 of the

@@ -13,14 +13,16 @@
 // not select it contributes nothing, exactly: P = 0), so the design pays where queries share
 // blocks and loses where they do not; the tuner decides per shape and pattern.
 //
-// Measured on the H200 (docs/performance.md, v10, v11): at T = 32768 clustered 1.24x faster than
-// prefill_stream's best (paper config 1.36x), and 1.05-1.14x slower on the random pattern. The
-// best setting is one group per CTA, two CTAs per SM; a group then takes ~2700 cycles a block,
-// ~5x its tensor-core time: its chain (S, wait, softmax, P V, wait) is latency-bound. Running a
-// block's softmax while the previous block's P V ran was slower: v10's build had its wgmmas
-// serialized by ptxas (C7518: waits in branches it could not prove uniform while a wgmma was in
-// flight), and v11's, which had not (commit cc88c4a), was 15-20% slower, since at two ring stages
-// it holds both slots through the softmax and the next block's copy waits; it is not offered.
+// Measured on the H200 (docs/performance.md, v10-v12): at T = 32768 clustered 1.3x faster than
+// prefill_stream's best (paper config 1.37x). The best setting is one group per CTA, two CTAs
+// per SM; a group's chain (S, wait, softmax, P V, wait) took ~2700 cycles a block, ~5x its
+// tensor-core time. So a one-group CTA now runs a block's softmax while the previous block's
+// P V runs (prefill_stream.cu, consume): 1.04-1.06x. That needs the ring's K and V handed over
+// apart: with a slot released only after its P V, both slots of the two-stage ring were held
+// through the softmax and the overlap was 15-20% slower (v11, commit cc88c4a). The engine's
+// steps are therefore separate calls (issue_s, softmax, pack_p, issue_pv, o_settled), which the
+// design orders; no wgmma may stay in flight across a branch ptxas cannot prove uniform (it
+// then serializes every wgmma: C7518, as v10's first overlap did).
 //
 // Work of one block (ring slot `slot`, this warp's query sees its first `vis` keys, 0 when it
 // did not select the block):
@@ -121,30 +123,36 @@ struct GroupCore {
     fence_proxy_async_shared();
   }
 
-  /// Computes the block in ring slot `slot` for the group; this warp's query sees its first
-  /// `vis` keys (0: it did not select the block). Called by all four warps of the group; each
-  /// wgmma is retired before its results are read, so the slot may be released on return.
-  __device__ __forceinline__ void compute_block(int slot, int vis, float scale_log2) {
-    const u32 k_slot = k_desc + (u32)(slot * (K_SLOT_BYTES >> 4));
-    const u32 v_slot = v_desc + (u32)(slot * (V_SLOT_BYTES >> 4));
-    float s[BLK / 8][4];
+  using Scores = float[BLK / 8][4];  // this thread's S (then P) of its warp's 16 rows of a block
+  using PFrag = u32[BLK / 16][4];     // P as the A fragments of P V's BLK / 16 k16 steps
 
-    // S = Q K^T: k16 step ks is 32 bytes into the rows of panel ks / 4.
+  /// Issues S = Q K^T of the block in ring slot `slot` into `s` and commits it: k16 step ks is
+  /// 32 bytes into the rows of panel ks / 4. `s` is in flight until the group is waited for.
+  __device__ __forceinline__ void issue_s(Scores& s, int slot) const {
+    const u32 k_slot = k_desc + (u32)(slot * (K_SLOT_BYTES >> 4));
+    // Q's descriptors are loop-invariant; held across the loop they take 16 registers, which
+    // the overlapped consume has not got (ptxas hoisted them and spilled them): an add each here.
+    u32 q_lo;
+    asm volatile("mov.b32 %0, %1;" : "=r"(q_lo) : "r"(q_desc));
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < DQK / 16; ++ks) {
       const u32 off = (u32)(((ks >> 2) * Q_PANEL + (ks & 3) * 32) >> 4);
       const u32 koff = (u32)(((ks >> 2) * K_PANEL + (ks & 3) * 32) >> 4);
-      wgmma_m64n64k16_ss(s, wgmma_desc_of(q_desc + off, DESC_HI), wgmma_desc_of(k_slot + koff, DESC_HI),
+      wgmma_m64n64k16_ss(s, wgmma_desc_of(q_lo + off, DESC_HI), wgmma_desc_of(k_slot + koff, DESC_HI),
                          ks > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+  }
+
+  /// Once issue_s's group is retired: this warp's P in `s` (its query sees the first `vis` keys;
+  /// 0: P = 0), m and l updated, and `alpha` the factor O is to be rescaled by (pack_p). Touches
+  /// neither O nor a P V's fragments, so a P V may be in flight meanwhile.
+  __device__ __forceinline__ void softmax(Scores& s, int vis, float scale_log2, float (&alpha)[2]) {
 #pragma unroll
     for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(s[j][e]);
-
     if (vis > 0) {
       if (vis < BLK) {
         const int c2 = (lane & 3) * 2;
@@ -157,36 +165,49 @@ struct GroupCore {
       // The scale folds into the step's fma where it keeps the max (a positive scale, the
       // usual 1/sqrt(D) one); any other finite scale is applied first.
       if (scale_log2 > 0.f) {
-        online_softmax_step<BLK / 8, DV / 8, true>(s, m_run[0], l_run[0], o[0], scale_log2);
+        online_softmax_p<BLK / 8, true>(s, m_run[0], l_run[0], alpha, scale_log2);
       } else {
 #pragma unroll
         for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[j][e] = s[j][e] == NSA_NEG_INF ? NSA_NEG_INF : s[j][e] * scale_log2;
-        online_softmax_step(s, m_run[0], l_run[0], o[0]);
+        online_softmax_p(s, m_run[0], l_run[0], alpha);
       }
     } else {
 #pragma unroll
       for (int j = 0; j < BLK / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+      alpha[0] = alpha[1] = 1.f;
     }
+  }
 
-    // O += P V: k16 step kc is 16 V rows (2048 bytes) into the slot; N runs over the D_v / 64
-    // panels, K_PANEL apart.
-    u32 pa[BLK / 16][4];
-#pragma unroll
-    for (int kc = 0; kc < BLK / 16; ++kc) p_fragment(pa[kc], s, kc);
+  /// O rescaled by `alpha` (when `rescale`: the warp's query saw the block) and P packed into
+  /// `pa`. No P V may be in flight: it accumulates into O.
+  __device__ __forceinline__ void pack_p(const Scores& s, const float (&alpha)[2], bool rescale, PFrag& pa) {
 #pragma unroll
     for (int dt = 0; dt < DV / 8; ++dt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) wgmma_fence_operand(o[0][dt][e]);
+    if (rescale) rescale_o(o[0], alpha);
+#pragma unroll
+    for (int kc = 0; kc < BLK / 16; ++kc) p_fragment(pa[kc], s, kc);
+  }
+
+  /// Issues O += P V of the block in ring slot `slot` from `pa` and commits it: k16 step kc is 16
+  /// V rows (2048 bytes) into the slot; N runs over the D_v / 64 panels, K_PANEL apart. O and
+  /// `pa` are in flight until the group is waited for (then o_settled).
+  __device__ __forceinline__ void issue_pv(const PFrag& pa, int slot) {
+    const u32 v_slot = v_desc + (u32)(slot * (V_SLOT_BYTES >> 4));
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < BLK / 16; ++kc)
       wgmma_m64nNk16_rs(o[0], pa[kc], wgmma_desc_of(v_slot + (u32)((kc * 16 * PANEL_ROWS_BYTES) >> 4), DESC_HI));
     wgmma_commit();
-    wgmma_wait<0>();
+  }
+
+  /// After issue_pv's group is retired: O is settled for the compiler too.
+  __device__ __forceinline__ void o_settled() {
 #pragma unroll
     for (int dt = 0; dt < DV / 8; ++dt)
 #pragma unroll

@@ -65,6 +65,16 @@ __device__ __forceinline__ void tma_copy_block(u32 k_slot, u32 v_slot, const Tma
   for (int c = 0; c < DV / 64; ++c) tma_load_4d(v_slot + (u32)(c * BLK * 128), v_map, c * 64, g, key0, b, full);
 }
 
+/// One operand (K or V, D elements a key) of a block into its ring slot through the tensor
+/// memory accelerator, by one thread, arriving on `full` with the operand's byte count first:
+/// tma_copy_block for rings whose K and V have barriers of their own (prefill_group).
+template <int D>
+__device__ __forceinline__ void tma_copy_operand(u32 slot, const TmaDescriptor* map, int g, int key0, int b, u32 full) {
+  mbar_arrive_expect_tx(full, (u32)(BLK * D * 2));
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) tma_load_4d(slot + (u32)(c * BLK * 128), map, c * 64, g, key0, b, full);
+}
+
 /// Issues producer lane `pt`'s share, of LANES lanes, of the 16-byte cp.async copies of one
 /// operand (K or V) of a block: BLK rows of CH chunks from `src` (row r at src + r * stride
 /// elements) into `dst` (row stride STR elements). Rows at or past `vis` (>= 1) are copied from

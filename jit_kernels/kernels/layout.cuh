@@ -139,10 +139,12 @@ NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block
   return (tma ? 2 : 1) * union_bytes(warps - producers, n) + prefill_stream_barrier_bytes(stages, tma) +
          (warps - producers) * q_tile_bytes(dqk, 1) + ring_bytes(dqk, dv, block, stages, tma);
 }
-/// prefill_group: prefill_stream's two unions and barriers (tma = 1), the TMA ring, and after it
+/// prefill_group: prefill_stream's two unions, its barriers (tma = 1) and a full and an empty
+/// barrier per stage more (a slot's K and V are handed over apart), the TMA ring, and after it
 /// each consumer warpgroup's Q tile of 64 unpadded rows (4 queries x 16; swizzled panels).
+NSA_HD constexpr long long prefill_group_barrier_bytes(int stages) { return round_up((long long)(stages * 4 + 2) * 8, 128); }
 NSA_HD constexpr long long prefill_group_smem(int dqk, int dv, int n, int block, int warps, int stages) {
-  return 2 * union_bytes(warps - 1, n) + prefill_stream_barrier_bytes(stages, 1) + ring_bytes(dqk, dv, block, stages, 1) +
+  return 2 * union_bytes(warps - 1, n) + prefill_group_barrier_bytes(stages) + ring_bytes(dqk, dv, block, stages, 1) +
          (long long)(warps - 1) * 16 * dqk * 2;
 }
 /// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the

@@ -123,6 +123,11 @@ namespace {
 
 #if NSA_PREFILL_GROUP
 constexpr int K_SLOT = BLK * DQK, V_SLOT = BLK * DV;  // the TMA's panels
+// A slot's K and V are handed over apart (K is released once S is computed, V once P V is),
+// with barriers of their own, laid out as
+// [full K x STAGES | empty K x STAGES | ready x 2 | full V x STAGES | empty V x STAGES]:
+// V's full and empty barriers are K's, V_BARRIERS bytes on.
+constexpr u32 V_BARRIERS = 8u * (2u * STAGES + 2u);
 #else
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 // Elements of one ring slot's K and V (padded rows, or the TMA's panels).
@@ -156,10 +161,23 @@ __device__ __forceinline__ void produce(const Union& un, unsigned seq, int pt, u
 #else
 /// produce() for tma = 1, run by one thread: union block j of (b, g) goes to its stage as the
 /// TMA's panels (tma_copy_block); rows past T_kv arrive as zeros and rows past a query's limit
-/// are real keys, both masked by the consumers.
+/// are real keys, both masked by the consumers. prefill_group's copies a block's K and V apart,
+/// each once its own half of the slot is released. (Copying K one block ahead of V, or a third
+/// V slot, measured no faster on the H200: docs/performance.md, v12.)
 __device__ __forceinline__ void produce_tma(const Union& un, int from, int to, unsigned seq, u32 full0, u32 empty0,
                                             u32 k_ring, u32 v_ring, const TmaDescriptor* k_map,
                                             const TmaDescriptor* v_map, int g, int b) {
+#if NSA_PREFILL_GROUP
+  for (int j = from; j < to; ++j) {
+    const unsigned n = seq + (unsigned)j;
+    const int s = (int)(n % STAGES);
+    const int key0 = un.ulist[j] * BLK;
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
+    tma_copy_operand<DQK>(k_ring + (u32)(s * K_SLOT * 2), k_map, g, key0, b, full0 + 8u * s);
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + V_BARRIERS + 8u * s, (n / STAGES - 1u) & 1u);
+    tma_copy_operand<DV>(v_ring + (u32)(s * V_SLOT * 2), v_map, g, key0, b, full0 + V_BARRIERS + 8u * s);
+  }
+#else
   for (int j = from; j < to; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
@@ -167,6 +185,7 @@ __device__ __forceinline__ void produce_tma(const Union& un, int from, int to, u
     tma_copy_block(k_ring + (u32)(s * K_SLOT * 2), v_ring + (u32)(s * V_SLOT * 2), k_map, v_map, g,
                    un.ulist[j] * BLK, b, full0 + 8u * s);
   }
+#endif
 }
 
 #endif
@@ -183,25 +202,94 @@ __device__ __forceinline__ void group_sync(int grp) {
 /// Warp q's rows see the block's first visible_in_block(block, lim_q) keys if its query
 /// selected it, none otherwise. With `q_pending` the group's Q copies may still be in flight:
 /// every warp waits for its own and the group meets before the first wgmma reads the tile.
+/// A slot's K is released as soon as S is computed, its V once P V is.
+///
+/// With one group per CTA (warps = 5) every union block is the group's, and the group works one
+/// block ahead of itself: for block j it issues j's S, then block j - 1's P V, retires S only,
+/// releases j's K and runs j's softmax while that P V is on the tensor cores, then retires the
+/// P V, releases j - 1's V and rescales O. No wgmma is in flight across a loop iteration or a
+/// branch ptxas cannot prove uniform (that makes it serialize every wgmma: C7518). Held through
+/// the softmax are j - 1's and j's V only; with K and V in one slot (v11, commit cc88c4a) both
+/// slots of a two-stage ring were, and block j + 1's copy waited for the softmax.
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
                                         long long lim_q, float scale_log2, bool q_pending = false) {
   const int lane = core.lane;
   const int grp = q >> 2;
   core.reset();
-  for (int j = 0; j < un.nu; ++j) {
-    const unsigned n = seq + (unsigned)j;
-    const int s = (int)(n % STAGES);
-    mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
-    const unsigned mask = un.umask[j];
-    if (((mask >> (4 * grp)) & 0xfu) != 0u) {
-      if (q_pending) {
-        core.q_landed();
-        group_sync(grp);
-        q_pending = false;
-      }
-      core.compute_block(s, ((mask >> q) & 1u) != 0u ? visible_in_block(un.ulist[j], lim_q) : 0, scale_log2);
+  auto stage_of = [&](int j) { return (int)((seq + (unsigned)j) % STAGES); };
+  auto parity_of = [&](int j) { return ((seq + (unsigned)j) / STAGES) & 1u; };
+  auto vis_of = [&](int j) {
+    return ((un.umask[j] >> q) & 1u) != 0u ? visible_in_block(un.ulist[j], lim_q) : 0;
+  };
+  auto k_landed = [&](int j) { mbar_wait(full0 + 8u * stage_of(j), parity_of(j)); };
+  auto v_landed = [&](int j) { mbar_wait(full0 + V_BARRIERS + 8u * stage_of(j), parity_of(j)); };
+  auto release_k = [&](int j) {
+    if (lane == 0) mbar_arrive(empty0 + 8u * stage_of(j));
+  };
+  auto release_v = [&](int j) {
+    if (lane == 0) mbar_arrive(empty0 + V_BARRIERS + 8u * stage_of(j));
+  };
+  Core::Scores s;
+  Core::PFrag pa;
+  float alpha[2];
+  if constexpr (QTILE == 4) {
+    if (un.nu == 0) return;
+    k_landed(0);
+    if (q_pending) {
+      core.q_landed();
+      group_sync(grp);
     }
-    if (lane == 0) mbar_arrive(empty0 + 8u * s);
+    int vis = vis_of(0);
+    core.issue_s(s, stage_of(0));
+    wgmma_wait<0>();
+    release_k(0);
+    core.softmax(s, vis, scale_log2, alpha);
+    core.pack_p(s, alpha, vis > 0, pa);
+    for (int j = 1; j < un.nu; ++j) {
+      k_landed(j);
+      v_landed(j - 1);
+      vis = vis_of(j);
+      core.issue_s(s, stage_of(j));
+      core.issue_pv(pa, stage_of(j - 1));
+      wgmma_wait<1>();  // j's S (committed first) is done; j - 1's P V may still run
+      release_k(j);
+      core.softmax(s, vis, scale_log2, alpha);
+      wgmma_wait<0>();
+      core.o_settled();
+      release_v(j - 1);
+      core.pack_p(s, alpha, vis > 0, pa);
+    }
+    v_landed(un.nu - 1);
+    core.issue_pv(pa, stage_of(un.nu - 1));
+    wgmma_wait<0>();
+    core.o_settled();
+    release_v(un.nu - 1);
+  } else {
+    for (int j = 0; j < un.nu; ++j) {
+      k_landed(j);
+      const bool ours = ((un.umask[j] >> (4 * grp)) & 0xfu) != 0u;
+      if (ours) {
+        if (q_pending) {
+          core.q_landed();
+          group_sync(grp);
+          q_pending = false;
+        }
+        const int vis = vis_of(j);
+        core.issue_s(s, stage_of(j));
+        wgmma_wait<0>();
+        release_k(j);
+        core.softmax(s, vis, scale_log2, alpha);
+        core.pack_p(s, alpha, vis > 0, pa);
+        v_landed(j);
+        core.issue_pv(pa, stage_of(j));
+        wgmma_wait<0>();
+        core.o_settled();
+      } else {
+        release_k(j);
+        v_landed(j);
+      }
+      release_v(j);
+    }
   }
 }
 #else
@@ -277,7 +365,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   unsigned char* after_union = smem + (TMA ? 2 : 1) * UNION_BYTES;
   const u32 full0 = smem_addr(after_union), empty0 = full0 + 8u * STAGES;
   const u32 ready0 = empty0 + 8u * STAGES;  // tma = 1: union buffer u is built (ready0 + 8 u)
+#if NSA_PREFILL_GROUP
+  unsigned char* after_barriers = after_union + nsa_layout::prefill_group_barrier_bytes(STAGES);
+#else
   unsigned char* after_barriers = after_union + nsa_layout::prefill_stream_barrier_bytes(STAGES, TMA);
+#endif
   const int warp = threadIdx.x >> 5;
 #if NSA_PREFILL_GROUP
   // [two unions | barriers | ring | the groups' Q tiles]: the ring's slots are whole multiples
@@ -296,6 +388,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   // its byte count.
   if (threadIdx.x == 0) {
     init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)QTILE, TMA);
+#if NSA_PREFILL_GROUP
+    init_ring(full0 + V_BARRIERS, empty0 + V_BARRIERS, STAGES, 1u, (u32)QTILE, true);
+#endif
     if constexpr (TMA) {
       mbar_init(ready0, 32u);  // the producer warp's lanes, once the union is built
       mbar_init(ready0 + 8u, 32u);
@@ -372,9 +467,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
         if (next_item < items) {
           // Every consumer is past item k - 1 (whose buffer `next` is): item k - 1's last block is
           // block seq - 1, in the stage one of the head blocks waited for, or waited for here.
+          // (prefill_group: its V, which is released last.)
           if (lane == 0 && cur.nu < STAGES && seq > 0) {
             const unsigned last = seq - 1u;
+#if NSA_PREFILL_GROUP
+            mbar_wait(empty0 + V_BARRIERS + 8u * (last % STAGES), (last / STAGES) & 1u);
+#else
             mbar_wait(empty0 + 8u * (last % STAGES), (last / STAGES) & 1u);
+#endif
           }
           __syncwarp();
           const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);

@@ -473,8 +473,9 @@ TEST(Catalog, PrefillGroupComputesFourQueriesPerWarpgroupOnHopperOnly) {
   deep_pair.knobs = {{"warps", 5}, {"stages", 3}, {"persist", 0}};
   expect_refused(deep_pair, RuntimeShape{1, 100, 100, 2}, "use stages=2", "one warpgroup alone on an SM");
   // The Q tiles follow the ring, unpadded: 64 rows of D_qk per warpgroup.
+  // K and V of a slot have a full and an empty barrier each, plus the two unions' ready barriers.
   EXPECT_EQ(L::prefill_group_smem(128, 128, 16, 64, 9, 5),
-            2 * L::union_bytes(8, 16) + 128 + L::kTmaAlign + 5 * 64 * 256 * 2 + 2 * 64 * 128 * 2);
+            2 * L::union_bytes(8, 16) + 256 + L::kTmaAlign + 5 * 64 * 256 * 2 + 2 * 64 * 128 * 2);
 }
 
 TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
