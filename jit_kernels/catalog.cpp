@@ -84,8 +84,8 @@ const std::vector<Knob>& knobs_of(Design d) {
   // tma = 1 as in prefill_stream (one producer warp whose one thread copies each block as the
   // TMA's panels). share = 4: the four consumers compute each block together, 16 keys each
   // (share = 1: a consumer computes whole blocks). On the H200 (docs/performance.md, v12) that
-  // made the last block's math after its copy a quarter as long, 8.8 against 9.7 us at B = 16
-  // with one block a row, but where a row has many blocks the 16-key steps cost more than they
+  // made the last block's math after its copy a quarter as long, 8.8 against 9.2 us (the best
+  // share 1 setting) at B = 16 with one block a row, but where a row has many blocks the 16-key steps cost more than they
   // save (B = 16, n = 16: 17.9 against 16.7 us); share = 2 was within 1% of share = 1 everywhere.
   static const std::vector<Knob> decode = {{"tma", {1, 0}},      {"split", {1, 4, 2}},
                                            {"consumers", {4, 2, 6}}, {"producers", {2, 1}},

@@ -51,7 +51,7 @@
 // {4, 3, 2, 5}: the values that won somewhere among 84 settings measured on the H100; tma = 1 was
 // the fastest in every decode case on the H200 (docs/performance.md, v8). share {1, 4}: four
 // warps on one block cut its math after it lands to about a quarter, which wins where a row
-// has few blocks (B = 16, n = 1 on the H200: 8.8 against 9.7 us) and loses where it has many,
+// has few blocks (B = 16, n = 1 on the H200: 8.8 against 9.2 us) and loses where it has many,
 // a 16-key step costing a warp nearly as long as a 64-key one (n = 16: 17.9 against 16.7 us;
 // docs/performance.md, v12).
 // Needs h <= 16. Launch: grid.x = min(rows * SPLIT, the largest multiple of SPLIT <= 2^31-1) (CTAs
