@@ -82,11 +82,12 @@ const std::vector<Knob>& knobs_of(Design d) {
   // keep HBM busy, split 4 at B = 1; decode_stream_problem() prunes splits beyond a full row's
   // blocks and rings deeper than a CTA's share.
   // tma = 1 as in prefill_stream (one producer warp whose one thread copies each block as the
-  // TMA's panels). share = 4: the four consumers compute each block together, 16 keys each
+  // TMA's panels). share = 4: four consumers compute each block together, 16 keys each
   // (share = 1: a consumer computes whole blocks). On the H200 (docs/performance.md, v12) that
   // made the last block's math after its copy a quarter as long, 8.8 against 9.2 us (the best
-  // share 1 setting) at B = 16 with one block a row, but where a row has many blocks the 16-key steps cost more than they
-  // save (B = 16, n = 16: 17.9 against 16.7 us); share = 2 was within 1% of share = 1 everywhere.
+  // share 1 setting) at B = 16 with one block a row, but where a row has many blocks the 16-key
+  // steps cost more than they save (B = 16, n = 16: 17.9 against 16.7 us); share = 2 was within
+  // 1% of share = 1 everywhere and is not offered.
   static const std::vector<Knob> decode = {{"tma", {1, 0}},      {"split", {1, 4, 2}},
                                            {"consumers", {4, 2, 6}}, {"producers", {2, 1}},
                                            {"stages", {4, 3, 2, 5}}, {"share", {1, 4}}};

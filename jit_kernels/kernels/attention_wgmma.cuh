@@ -14,7 +14,7 @@
 // blocks and loses where they do not; the tuner decides per shape and pattern.
 //
 // Measured on the H200 (docs/performance.md, v10-v12): at T = 32768 clustered 1.3x faster than
-// prefill_stream's best (paper config 1.37x). The best setting is one group per CTA, two CTAs
+// prefill_stream's best (paper config 1.36x in v11). The best setting is one group per CTA, two CTAs
 // per SM; a group's chain (S, wait, softmax, P V, wait) took ~2700 cycles a block, ~5x its
 // tensor-core time. So a one-group CTA now runs a block's softmax while the previous block's
 // P V runs (prefill_stream.cu, consume): 1.04-1.06x. That needs the ring's K and V handed over
@@ -27,13 +27,14 @@
 // Work of one block (ring slot `slot`, this warp's query sees its first `vis` keys, 0 when it
 // did not select the block):
 //   S = Q K^T     DQK / 16 wgmma m64n64k16, A = the group's Q tile, B = the slot's K, both from
-//                 shared memory (K-major descriptors); committed and waited for.
+//                 shared memory (K-major descriptors); committed and waited for, then the
+//                 slot's K may be released.
 //   softmax       per warp on its own 16 rows, in registers: the mma.sync engine's online update
 //                 (attention_core.cuh, online_softmax_step) after masking keys >= vis; a warp
 //                 whose query did not select the block sets P = 0 and leaves m, l, O alone.
 //   O += P V      BLK / 16 wgmma m64n{DV}k16, A = P from registers (the k16 A fragments of the
 //                 scores, p_fragment), B = the slot's V (MN-major descriptor); waited for before
-//                 the slot is released and before O is read again.
+//                 the slot's V is released and before O is rescaled again.
 // The four warps execute every wgmma together (the instruction is warpgroup-wide): a group
 // computes a block when any of its queries selected it, and passes it otherwise, both decided
 // from the union's mask alone, so uniform across the group.
