@@ -30,8 +30,9 @@
 //                 shared memory (K-major descriptors); committed and waited for, then the
 //                 slot's K may be released.
 //   softmax       per warp on its own 16 rows, in registers: the mma.sync engine's online update
-//                 (attention_core.cuh, online_softmax_step) after masking keys >= vis; a warp
-//                 whose query did not select the block sets P = 0 and leaves m, l, O alone.
+//                 (attention_core.cuh, online_softmax_p, then rescale_o once the previous
+//                 block's P V is retired) after masking keys >= vis; a warp whose query did
+//                 not select the block sets P = 0 and leaves m, l, O alone.
 //   O += P V      BLK / 16 wgmma m64n{DV}k16, A = P from registers (the k16 A fragments of the
 //                 scores, p_fragment), B = the slot's V (MN-major descriptor); waited for before
 //                 the slot's V is released and before O is rescaled again.

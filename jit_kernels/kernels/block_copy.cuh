@@ -50,29 +50,33 @@ __device__ __forceinline__ void tma_prefetch_maps(const TmaDescriptor* k_map, co
   tma_prefetch_descriptor(v_map);
 }
 
-/// One whole block into a ring slot through the tensor memory accelerator, by one thread: keys
-/// [key0, key0 + BLK) of KV group g of batch b, K into the D_qk / 64 panels at shared address
-/// `k_slot` and V into the D_v / 64 panels at `v_slot` (each [BLK][64] elements, 128-byte
-/// swizzled: attention_core.cuh's "Swizzled rings"), arriving on `full` with the slot's byte
-/// count first. The maps view K and V as {D, H_kv, T_kv, B} with boxes of {64, 1, BLK, 1}
-/// (jit_kernels/driver.cpp encodes them); keys at or past T_kv arrive as zeros.
+/// The D / 64 panels of one operand (K or V, D elements a key) of keys [key0, key0 + BLK) of KV
+/// group g of batch b into the ring slot at shared address `slot` (each [BLK][64] elements,
+/// 128-byte swizzled: attention_core.cuh's "Swizzled rings"), completing on `full`, whose byte
+/// count the caller has announced. The maps view K and V as {D, H_kv, T_kv, B} with boxes of
+/// {64, 1, BLK, 1} (jit_kernels/driver.cpp encodes them); keys at or past T_kv arrive as zeros.
+template <int D>
+__device__ __forceinline__ void tma_load_panels(u32 slot, const TmaDescriptor* map, int g, int key0, int b, u32 full) {
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) tma_load_4d(slot + (u32)(c * BLK * 128), map, c * 64, g, key0, b, full);
+}
+
+/// One whole block into a ring slot through the tensor memory accelerator, by one thread: K into
+/// the panels at `k_slot`, V into those at `v_slot`, arriving on `full` with the slot's byte count
+/// first (tma_load_panels).
 __device__ __forceinline__ void tma_copy_block(u32 k_slot, u32 v_slot, const TmaDescriptor* k_map,
                                                const TmaDescriptor* v_map, int g, int key0, int b, u32 full) {
   mbar_arrive_expect_tx(full, (u32)(BLK * (DQK + DV) * 2));
-#pragma unroll
-  for (int c = 0; c < DQK / 64; ++c) tma_load_4d(k_slot + (u32)(c * BLK * 128), k_map, c * 64, g, key0, b, full);
-#pragma unroll
-  for (int c = 0; c < DV / 64; ++c) tma_load_4d(v_slot + (u32)(c * BLK * 128), v_map, c * 64, g, key0, b, full);
+  tma_load_panels<DQK>(k_slot, k_map, g, key0, b, full);
+  tma_load_panels<DV>(v_slot, v_map, g, key0, b, full);
 }
 
-/// One operand (K or V, D elements a key) of a block into its ring slot through the tensor
-/// memory accelerator, by one thread, arriving on `full` with the operand's byte count first:
+/// One operand of a block, arriving on its own `full` with the operand's byte count first:
 /// tma_copy_block for rings whose K and V have barriers of their own (prefill_group).
 template <int D>
 __device__ __forceinline__ void tma_copy_operand(u32 slot, const TmaDescriptor* map, int g, int key0, int b, u32 full) {
   mbar_arrive_expect_tx(full, (u32)(BLK * D * 2));
-#pragma unroll
-  for (int c = 0; c < D / 64; ++c) tma_load_4d(slot + (u32)(c * BLK * 128), map, c * 64, g, key0, b, full);
+  tma_load_panels<D>(slot, map, g, key0, b, full);
 }
 
 /// Issues producer lane `pt`'s share, of LANES lanes, of the 16-byte cp.async copies of one

@@ -133,6 +133,7 @@ constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 // Elements of one ring slot's K and V (padded rows, or the TMA's panels).
 constexpr int K_SLOT = TMA ? BLK * DQK : BLK * KSTR;
 constexpr int V_SLOT = TMA ? BLK * DV : BLK * VSTR;
+constexpr u32 V_BARRIERS = 0;  // a slot's K and V share its barriers
 #endif
 
 #if !NSA_KNOB_TMA
@@ -470,11 +471,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
           // (prefill_group: its V, which is released last.)
           if (lane == 0 && cur.nu < STAGES && seq > 0) {
             const unsigned last = seq - 1u;
-#if NSA_PREFILL_GROUP
             mbar_wait(empty0 + V_BARRIERS + 8u * (last % STAGES), (last / STAGES) & 1u);
-#else
-            mbar_wait(empty0 + 8u * (last % STAGES), (last / STAGES) & 1u);
-#endif
           }
           __syncwarp();
           const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
