@@ -13,6 +13,7 @@
 #pragma once
 
 #include "attention_core.cuh"
+#include "trace.cuh"
 
 /// Writes chunk `ch` of head `i` of this CTA's partial (and m, l with chunk 0).
 __device__ __forceinline__ void store_partial_chunk(float* part, int i, int ch, const float (&acc)[8], float m, float l) {
@@ -33,7 +34,7 @@ template <int SPLIT, int THREADS>
 __device__ __forceinline__ void merge_in_cluster(float* part, const SelectionParams& p, const RowId& r) {
   const long long h_q = p.h_kv * H;
   elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
-  float* LSE = reinterpret_cast<float*>(p.lse);
+  float* LSE = NSA_LSE_OUT(p);  // (none in a traced build: trace.cuh)
   float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
   const u32 rank = cluster_cta_rank();
   const u32 o_base = smem_addr(part), m_base = smem_addr(part + H * DV), l_base = smem_addr(part + H * DV + H);

@@ -60,6 +60,7 @@
 #include "block_copy.cuh"
 #include "cluster_merge.cuh"  // the cluster merge is compiled only where split > 1 calls it
 #include "selected_row.cuh"
+#include "trace.cuh"
 
 #if !defined(NSA_KNOB_SPLIT) || !defined(NSA_KNOB_CONSUMERS) || !defined(NSA_KNOB_PRODUCERS) || \
     !defined(NSA_KNOB_STAGES) || !defined(NSA_KNOB_TMA) || !defined(NSA_KNOB_SHARE)
@@ -99,6 +100,7 @@ static_assert(SPLIT >= 1 && SPLIT <= 8, "split must be in [1, 8] (a row's CTAs a
 #endif
 
 using Core = AttentionCore<1, 1, CHUNK, 2, false, 192, TMA>;
+enum { NSA_DECODE_STREAM_TRACE(NSA_TRACE_ENUM) };  // the slots of a traced build (trace.cuh)
 static_assert(Core::Q_IN_REGS, "decode_stream's consumers keep Q in registers");
 
 namespace {
@@ -149,22 +151,34 @@ __device__ __forceinline__ void produce_tma(const SelectedRow& row, long long fi
 
 /// Consumer warp c passes blocks [first, last) and computes its part of those its team owns:
 /// team c / SHARE owns block j when (j - first) % TEAMS is it, and consumer c computes the
-/// block's keys [(c % SHARE) * PART, + PART), into its engine's running state.
+/// block's keys [(c % SHARE) * PART, + PART), into its engine's running state. `trace`: the
+/// trace buffer of a traced build (trace.cuh), unused otherwise.
 __device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long long first, long long last,
-                                        unsigned seq, u32 full0, u32 empty0, int c, float scale_log2) {
+                                        unsigned seq, u32 full0, u32 empty0, int c, float scale_log2,
+                                        [[maybe_unused]] unsigned long long trace) {
   const int lane = core.lane;
   const int team = c / SHARE, key0 = (c % SHARE) * PART;
+  [[maybe_unused]] long long wait_cyc = 0, compute_cyc = 0;
   for (long long j = first; j < last; ++j) {
     const unsigned n = seq + (unsigned)(j - first);
     const int s = (int)(n % STAGES);
+    [[maybe_unused]] const long long t0 = NSA_TRACE_CLOCK();
     mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
+    [[maybe_unused]] const long long t1 = NSA_TRACE_CLOCK();
+    wait_cyc += t1 - t0;
+    NSA_TRACE_STAMP(trace, c == 0 && lane == 0 && j == first, first_landed);
     if ((int)((j - first) % TEAMS) == team) {
+      NSA_TRACE_STAMP(trace, lane == 0 && c % SHARE == 0 && j == last - 1, last_landed);
       const long long left = row.npos - j * BLK;  // >= 1: the list holds visible blocks only
       core.compute_block_part<BLK, PART>(s, key0, left >= BLK ? BLK : (int)left, scale_log2);
       __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
+      compute_cyc += NSA_TRACE_CLOCK() - t1;
+      NSA_TRACE_STAMP(trace, lane == 0 && c % SHARE == 0 && j == last - 1, last_computed);
     }
     if (lane == 0) mbar_arrive(empty0 + 8u * s);
   }
+  NSA_TRACE_ADD(trace, c == 0 && lane == 0, wait_cyc, wait_cyc);
+  NSA_TRACE_ADD(trace, c == 0 && lane == 0, compute_cyc, compute_cyc);
 }
 
 /// Consumer warp c writes its state to the merge buffer: O rows [c][16][OSTR] (fp32), then (m, l)
@@ -197,6 +211,7 @@ __device__ __forceinline__ void stash_state(const Core& core, float* merge_o, fl
 extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     nsa_decode_stream(NSA_STREAM_PARAMS) {
   require_smem(nsa_layout::decode_stream_smem(DQK, DV, H, NSEL, BLK, CONSUMERS, STAGES, SPLIT, TMA));
+  NSA_TRACE_ENTRY(p.lse, threadIdx.x == 0, entry);
   unsigned char* smem = dynamic_smem();
   // [row list | barriers | partial (split > 1) | Q | ring (the merge buffer overlays it)]
   unsigned char* at = smem + nsa_layout::row_list_bytes(NSEL);
@@ -246,14 +261,18 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
       cp_async_commit();
     }
     row.build(reinterpret_cast<int*>(smem), p, r);  // synchronises the CTA
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, row_built);
     const long long nb = (row.npos + BLK - 1) / BLK;
     const long long first = share * nb / SPLIT, last = (share + 1) * nb / SPLIT;
 
     if (warp >= CONSUMERS) {
 #if NSA_KNOB_TMA
-      if (threadIdx.x == CONSUMERS * 32)
+      if (threadIdx.x == CONSUMERS * 32) {
+        NSA_TRACE_STAMP(p.lse, true, first_issued);
         produce_tma(row, first, last, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
                     (int)r.g, (int)r.b);
+        NSA_TRACE_STAMP(p.lse, true, last_issued);
+      }
 #else
       const elem_t* k_bg = ptr_elem(p.k) + (r.b * p.t_kv * p.h_kv + r.g) * DQK;
       const elem_t* v_bg = ptr_elem(p.v) + (r.b * p.t_kv * p.h_kv + r.g) * DV;
@@ -266,17 +285,19 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
       asm volatile("bar.sync 1, %0;\n" ::"r"(CONSUMERS * 32) : "memory");
       core.load_q_fragments();
       core.reset();
-      consume(core, row, first, last, seq, full0, empty0, warp, scale_log2);
+      consume(core, row, first, last, seq, full0, empty0, warp, scale_log2, p.lse);
     }
     seq += (unsigned)(last - first);
     __syncthreads();  // every block has been computed: the merge buffer may overlay the ring
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, consumed);
     if (warp < CONSUMERS) stash_state(core, merge_o, merge_ml, warp);
     __syncthreads();
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, stashed);
 
     // Merge the consumers' states per (head, 8-wide chunk of D_v): into this CTA's partial for
     // the cluster merge (split > 1), or straight into O and LSE.
     elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
-    float* LSE = reinterpret_cast<float*>(p.lse);
+    float* LSE = NSA_LSE_OUT(p);
     float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
     for (int it = threadIdx.x; it < H * (DV / 8); it += THREADS) {
       const int i = it / (DV / 8), ch = it % (DV / 8);
@@ -291,6 +312,7 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
                            lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch, acc, m, l);
       }
     }
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, merged);
 #if NSA_KNOB_SPLIT > 1
     cluster_sync();  // every CTA's partial is written and visible cluster-wide
     merge_in_cluster<SPLIT, THREADS>(part, p, r);
@@ -298,5 +320,6 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
 #endif
     if constexpr (TMA) fence_proxy_async_shared();  // the merge buffer's bytes are the next item's TMA ring
     __syncthreads();  // the row list, Q and the merge buffer are reused by the next item
+    NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
   }
 }

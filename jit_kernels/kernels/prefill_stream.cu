@@ -78,6 +78,7 @@
 #endif
 #include "block_copy.cuh"
 #include "query_tile_union.cuh"
+#include "trace.cuh"
 
 #if !defined(NSA_KNOB_WARPS) || !defined(NSA_KNOB_PRODUCERS) || !defined(NSA_KNOB_STAGES) || \
     !defined(NSA_KNOB_TMA) || !defined(NSA_KNOB_PERSIST)
@@ -118,6 +119,7 @@ using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_regis
 constexpr int MIN_CTAS = 1;
 #endif
 using Union = QueryTileUnion<QTILE, THREADS>;
+enum { NSA_PREFILL_GROUP_TRACE(NSA_TRACE_ENUM) };  // the slots of a traced prefill_group (trace.cuh)
 
 namespace {
 
@@ -212,8 +214,10 @@ __device__ __forceinline__ void group_sync(int grp) {
 /// branch ptxas cannot prove uniform (that makes it serialize every wgmma: C7518). Held through
 /// the softmax are j - 1's and j's V only; with K and V in one slot (v11, commit cc88c4a) both
 /// slots of a two-stage ring were, and block j + 1's copy waited for the softmax.
+/// `trace`: the trace buffer of a traced build (trace.cuh), unused otherwise.
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
-                                        long long lim_q, float scale_log2, bool q_pending = false) {
+                                        long long lim_q, float scale_log2, bool q_pending,
+                                        [[maybe_unused]] unsigned long long trace) {
   const int lane = core.lane;
   const int grp = q >> 2;
   core.reset();
@@ -235,11 +239,15 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
   float alpha[2];
   if constexpr (QTILE == 4) {
     if (un.nu == 0) return;
+    [[maybe_unused]] const bool tracer = q == 0 && lane == 0;  // the thread that keeps the trace
     k_landed(0);
+    NSA_TRACE_STAMP(trace, tracer, first_k);
     if (q_pending) {
       core.q_landed();
       group_sync(grp);
     }
+    NSA_TRACE_STAMP(trace, tracer, q_landed);
+    [[maybe_unused]] long long ring_cyc = 0, s_cyc = 0, softmax_cyc = 0, pv_cyc = 0, pack_cyc = 0;
     int vis = vis_of(0);
     core.issue_s(s, stage_of(0));
     wgmma_wait<0>();
@@ -247,24 +255,41 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     core.softmax(s, vis, scale_log2, alpha);
     core.pack_p(s, alpha, vis > 0, pa);
     for (int j = 1; j < un.nu; ++j) {
+      [[maybe_unused]] const long long t0 = NSA_TRACE_CLOCK();
       k_landed(j);
       v_landed(j - 1);
+      [[maybe_unused]] const long long t1 = NSA_TRACE_CLOCK();
       vis = vis_of(j);
       core.issue_s(s, stage_of(j));
       core.issue_pv(pa, stage_of(j - 1));
       wgmma_wait<1>();  // j's S (committed first) is done; j - 1's P V may still run
       release_k(j);
+      [[maybe_unused]] const long long t2 = NSA_TRACE_CLOCK();
       core.softmax(s, vis, scale_log2, alpha);
+      [[maybe_unused]] const long long t3 = NSA_TRACE_CLOCK();
       wgmma_wait<0>();
       core.o_settled();
+      [[maybe_unused]] const long long t4 = NSA_TRACE_CLOCK();
       release_v(j - 1);
       core.pack_p(s, alpha, vis > 0, pa);
+      pack_cyc += NSA_TRACE_CLOCK() - t4;
+      ring_cyc += t1 - t0;
+      s_cyc += t2 - t1;
+      softmax_cyc += t3 - t2;
+      pv_cyc += t4 - t3;
     }
     v_landed(un.nu - 1);
     core.issue_pv(pa, stage_of(un.nu - 1));
     wgmma_wait<0>();
     core.o_settled();
     release_v(un.nu - 1);
+    NSA_TRACE_STAMP(trace, tracer, last_pv);
+    NSA_TRACE_ADD(trace, tracer, ring_wait_cyc, ring_cyc);
+    NSA_TRACE_ADD(trace, tracer, s_cyc, s_cyc);
+    NSA_TRACE_ADD(trace, tracer, softmax_cyc, softmax_cyc);
+    NSA_TRACE_ADD(trace, tracer, pv_wait_cyc, pv_cyc);
+    NSA_TRACE_ADD(trace, tracer, pack_cyc, pack_cyc);
+    NSA_TRACE_ADD(trace, tracer, blocks, un.nu - 1);
   } else {
     for (int j = 0; j < un.nu; ++j) {
       k_landed(j);
@@ -297,8 +322,10 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
 /// Consumer warp q passes every union block and computes those its query t0 + q selected. With
 /// `q_pending` its Q copies may still be in flight: it waits for them before its first block of its
 /// own (the pipelined loop issues them as it starts the tile, and passing others' blocks needs no Q).
+/// (`trace`, as prefill_group's: this design is not traced.)
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
-                                        long long lim_q, float scale_log2, bool q_pending = false) {
+                                        long long lim_q, float scale_log2, bool q_pending,
+                                        [[maybe_unused]] unsigned long long trace) {
   const int lane = core.lane;
   if (!q_pending) core.load_q_fragments();
   core.reset();
@@ -356,6 +383,7 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 #endif
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTRY(NSA_STREAM_PARAMS) {
+  NSA_TRACE_ENTRY(p.lse, threadIdx.x == 0, entry);
 #if NSA_PREFILL_GROUP
   require_smem(nsa_layout::prefill_group_smem(DQK, DV, NSEL, BLK, WARPS, STAGES));
 #else
@@ -414,7 +442,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   const long long items = p.batch * p.h_kv * qtiles;
   const long long h_q = p.h_kv * H;
   const float scale_log2 = p.scale * NSA_LOG2E;
-  float* LSE = reinterpret_cast<float*>(p.lse);
+  float* LSE = NSA_LSE_OUT(p);
   auto issue_q = [&](const QueryTile& tile) {  // consumer `warp`'s Q rows of the tile, as cp.async
     const elem_t* q_rows = ptr_elem(p.q) + ((tile.b * p.t_q + tile.t0 + warp) * h_q + tile.g * H) * DQK;
     core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; });
@@ -449,6 +477,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       first.carve(smem);
       first.build(tile.sel, tile.nq, tile.lim0);  // synchronises the CTA: the barriers are initialised too
     }
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
     bool q_pending = true;
     long long k = 0;
     for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
@@ -484,9 +513,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
         __syncwarp();
       } else {
         // One past the tile's last query (nq < QTILE) has no bit in umask and computes nothing.
-        consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, q_pending);
+        consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, q_pending, p.lse);
         if (q_pending) cp_async_wait<0>();  // a query with no block of its own: its copies land before reuse
         if (warp < tile.nq) store(tile);
+        NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
       }
       seq += (unsigned)cur.nu;
       if (next_item < items) {
@@ -521,7 +551,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       // QTILE) has no bit in umask and computes nothing.
       cp_async_wait<0>();
       __syncwarp();
-      consume(core, un, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2);
+      consume(core, un, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, false, p.lse);
       if (warp < tile.nq) store(tile);
     }
     seq += (unsigned)un.nu;
