@@ -153,6 +153,13 @@ int estimated_registers(const FamilySpec& s, int mt, int warps, int tile) {
 }
 constexpr int kRegisterBudget = 232;
 
+/// Threads of the engine launch of `v`: its warps; prefill_group with persist = 1 has one warp
+/// more, which builds the next tile's union while the producer streams this one (prefill_stream.cu).
+unsigned engine_threads(const KernelVariant& v) {
+  const int builder = v.design == Design::prefill_group && knob_value(v, "persist") == 1 ? 1 : 0;
+  return 32u * static_cast<unsigned>(std::max(1, knob_value(v, "warps")) + builder);
+}
+
 /// Dynamic shared memory of the engine launch of `v` (0 for designs without one).
 std::int64_t engine_smem(const KernelVariant& v) {
   const FamilySpec& s = v.spec;
@@ -171,7 +178,8 @@ std::int64_t engine_smem(const KernelVariant& v) {
     case Design::decode_stream:
       return L::decode_stream_smem(s.d_qk, s.d_v, s.h, s.n, s.block, knob_value(v, "consumers"), stages,
                                    knob_value(v, "split"), knob_value(v, "tma"));
-    case Design::prefill_group: return L::prefill_group_smem(s.d_qk, s.d_v, s.n, s.block, warps, stages);
+    case Design::prefill_group:
+      return L::prefill_group_smem(s.d_qk, s.d_v, s.n, s.block, warps, stages, knob_value(v, "persist"));
   }
   return 0;
 }
@@ -181,12 +189,12 @@ std::int64_t engine_smem(const KernelVariant& v) {
 /// (1 KiB reserved per CTA), 2048 threads, and 65536 registers at the register class's budget.
 std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
   const std::int64_t smem = engine_smem(v) + 1024;
-  const std::int64_t threads = 32LL * knob_value(v, "warps");
+  const std::int64_t threads = engine_threads(v);
   const std::int64_t by_smem = (228LL * 1024) / smem;
   const std::int64_t by_threads = 2048 / threads;
   // prefill_group's consumers take 164 registers (ptxas, sm_90a): 168 a thread, 12 warps an SM.
   const std::int64_t by_registers = v.design == Design::prefill_group
-                                        ? 12 / knob_value(v, "warps")
+                                        ? 12 / (threads / 32)
                                         : 65536 / (threads * L::stream_register_budget(knob_value(v, "warps")));
   return std::max<std::int64_t>(1, std::min({by_smem, by_threads, by_registers}));
 }
@@ -554,7 +562,7 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
     l.shared_bytes = static_cast<unsigned>(smem);
     return l;
   };
-  const unsigned engine_threads = 32u * static_cast<unsigned>(std::max(1, knob_value(v, "warps")));
+  const unsigned engine_threads = nsa::jit::engine_threads(v);
   LaunchPlan plan;
   switch (v.design) {
     case Design::reference:

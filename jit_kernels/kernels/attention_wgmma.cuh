@@ -69,7 +69,7 @@ struct GroupCore {
   float o[1][DV / 8][4];
   float m_run[1][2];
   float l_run[1][2];
-  u32 q_group;  // shared address of the group's Q tile
+  u32 q_group;  // shared address of the group's Q tile (the one the wgmmas read)
   // The low words of the wgmma descriptors of the Q tile and of ring slot 0's K and V (slot s at
   // + s * K_SLOT_BYTES / 16, likewise V): a step's descriptor is one of them plus a constant, so
   // that a block's 12 wgmmas cost an add each in descriptor arithmetic (building each from its
@@ -100,19 +100,30 @@ struct GroupCore {
     }
   }
 
-  /// Issues this warp's copies of its 16 rows of the group's Q tile; `row_ptr(r)` is head r's
-  /// D_qk elements, or nullptr for a padding row (zero-filled). Joins the caller's next commit
-  /// group. Before a wgmma reads the tile every warp of the group must have waited for its
-  /// copies and made them visible to the async proxy (q_landed).
+  /// The group's Q tile is at `q_group_addr` from now on (prefill_group's persistent loop
+  /// alternates two tiles, the next one copied while this one is read).
+  __device__ __forceinline__ void use_q_tile(u32 q_group_addr) {
+    q_group = q_group_addr;
+    q_desc = wgmma_desc_lo(q_group_addr, 16);
+  }
+
+  /// Issues this warp's copies of its 16 rows of a Q tile at `tile` (the group's, by default);
+  /// `row_ptr(r)` is head r's D_qk elements, or nullptr for a padding row (zero-filled). Joins
+  /// the caller's next commit group. Before a wgmma reads the tile every warp of the group must
+  /// have waited for its copies and made them visible to the async proxy (q_landed).
   template <class RowPtr>
   __device__ __forceinline__ void load_q_async(RowPtr row_ptr) const {
+    load_q_async(row_ptr, q_group);
+  }
+  template <class RowPtr>
+  __device__ __forceinline__ void load_q_async(RowPtr row_ptr, u32 tile) const {
     constexpr int CH = DQK / 8;
     const elem_t* any_row = row_ptr(0);
 #pragma unroll
     for (int i = lane; i < 16 * CH; i += 32) {
       const int r = i / CH, ch = i % CH;
       const int row = wq * 16 + r;
-      const u32 dst = q_group + (u32)((ch >> 3) * Q_PANEL + row * PANEL_ROWS_BYTES + (((ch & 7) ^ (row & 7)) << 4));
+      const u32 dst = tile + (u32)((ch >> 3) * Q_PANEL + row * PANEL_ROWS_BYTES + (((ch & 7) ^ (row & 7)) << 4));
       const elem_t* src = row_ptr(r);
       cp_async_16(dst, src != nullptr ? src + ch * 8 : any_row, src != nullptr);
     }

@@ -139,13 +139,27 @@ NSA_HD constexpr long long prefill_stream_smem(int dqk, int dv, int n, int block
   return (tma ? 2 : 1) * union_bytes(warps - producers, n) + prefill_stream_barrier_bytes(stages, tma) +
          (warps - producers) * q_tile_bytes(dqk, 1) + ring_bytes(dqk, dv, block, stages, tma);
 }
-/// prefill_group: prefill_stream's two unions, its barriers (tma = 1) and a full and an empty
-/// barrier per stage more (a slot's K and V are handed over apart), the TMA ring, and after it
-/// each consumer warpgroup's Q tile of 64 unpadded rows (4 queries x 16; swizzled panels).
-NSA_HD constexpr long long prefill_group_barrier_bytes(int stages) { return round_up((long long)(stages * 4 + 2) * 8, 128); }
-NSA_HD constexpr long long prefill_group_smem(int dqk, int dv, int n, int block, int warps, int stages) {
+/// prefill_group: prefill_stream's two unions, its barriers (tma = 1), a full and an empty
+/// barrier per stage more (a slot's K and V are handed over apart) and two `freed` barriers (a
+/// union buffer's readers are done with it), the TMA ring, and after it each consumer
+/// warpgroup's Q tile of 64 unpadded rows (4 queries x 16; swizzled panels), or two of them
+/// (prefill_group_q_tiles).
+NSA_HD constexpr long long prefill_group_barrier_bytes(int stages) { return round_up((long long)(stages * 4 + 4) * 8, 128); }
+NSA_HD constexpr long long prefill_group_smem_with(int dqk, int dv, int n, int block, int warps, int stages,
+                                                   int q_tiles) {
   return 2 * union_bytes(warps - 1, n) + prefill_group_barrier_bytes(stages) + ring_bytes(dqk, dv, block, stages, 1) +
-         (long long)(warps - 1) * 16 * dqk * 2;
+         (long long)q_tiles * (warps - 1) * 16 * dqk * 2;
+}
+/// Q tiles per consumer warpgroup: with persist = 1 two, so that a tile's Q is copied while the
+/// group computes the previous tile, where two CTAs still fit an SM with them (228 KiB, 1 KiB
+/// reserved a CTA: D_qk = 128 at 2 stages, not the paper config's 192); else one.
+NSA_HD constexpr int prefill_group_q_tiles(int dqk, int dv, int n, int block, int warps, int stages, int persist) {
+  return persist != 0 && 2 * (prefill_group_smem_with(dqk, dv, n, block, warps, stages, 2) + 1024) <= 228 * 1024 ? 2
+                                                                                                            : 1;
+}
+NSA_HD constexpr long long prefill_group_smem(int dqk, int dv, int n, int block, int warps, int stages, int persist) {
+  return prefill_group_smem_with(dqk, dv, n, block, warps, stages,
+                                 prefill_group_q_tiles(dqk, dv, n, block, warps, stages, persist));
 }
 /// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the
 /// cluster merge), the row's 16 Q rows, then the ring of `stages` whole blocks of K and V (from

@@ -93,7 +93,13 @@ constexpr int PRODUCERS = NSA_KNOB_PRODUCERS;
 constexpr int QTILE = WARPS - PRODUCERS;  // consumer warps: queries per CTA
 constexpr int STAGES = NSA_KNOB_STAGES;
 constexpr bool TMA = NSA_KNOB_TMA != 0;
-constexpr int THREADS = WARPS * 32;
+#if NSA_PREFILL_GROUP && NSA_KNOB_PERSIST
+// prefill_group with persist = 1 has a builder warp after the producer (see the persistent loop).
+constexpr int BUILDERS = 1;
+#else
+constexpr int BUILDERS = 0;
+#endif
+constexpr int THREADS = (WARPS + BUILDERS) * 32;
 constexpr int CHUNK = nsa_layout::stream_chunk(WARPS, BLK);  // keys per compute step
 static_assert(H <= 16, "prefill_stream gives each query one warp of 16 MMA rows: h must be at most 16");
 static_assert(STAGES >= 2 && STAGES <= 8, "stages must be in [2, 8]");
@@ -130,6 +136,12 @@ constexpr int K_SLOT = BLK * DQK, V_SLOT = BLK * DV;  // the TMA's panels
 // [full K x STAGES | empty K x STAGES | ready x 2 | full V x STAGES | empty V x STAGES]:
 // V's full and empty barriers are K's, V_BARRIERS bytes on.
 constexpr u32 V_BARRIERS = 8u * (2u * STAGES + 2u);
+// Then freed[0], freed[1]: every reader of union buffer u (the consumers, the producer) is done
+// with its item (the builder's licence to build the next one into it).
+constexpr u32 FREED_BARRIERS = 8u * (4u * STAGES + 2u);
+// Q tiles per group: two where the persistent loop copies the next tile's Q during this one.
+constexpr int Q_TILES = nsa_layout::prefill_group_q_tiles(DQK, DV, NSEL, BLK, WARPS, STAGES, NSA_KNOB_PERSIST);
+constexpr int NGROUPS = QTILE / 4;
 #else
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 // Elements of one ring slot's K and V (padded rows, or the TMA's panels).
@@ -193,6 +205,11 @@ __device__ __forceinline__ void produce_tma(const Union& un, int from, int to, u
 
 #endif
 
+/// consume()'s default `on_q`: nothing to do once Q has landed.
+struct NoOp {
+  __device__ __forceinline__ void operator()() const {}
+};
+
 #if NSA_PREFILL_GROUP
 /// The 128 threads of consumer warpgroup `grp` meet (named barrier 1 + grp; 0 is __syncthreads).
 __device__ __forceinline__ void group_sync(int grp) {
@@ -214,10 +231,12 @@ __device__ __forceinline__ void group_sync(int grp) {
 /// branch ptxas cannot prove uniform (that makes it serialize every wgmma: C7518). Held through
 /// the softmax are j - 1's and j's V only; with K and V in one slot (v11, commit cc88c4a) both
 /// slots of a two-stage ring were, and block j + 1's copy waited for the softmax.
-/// `trace`: the trace buffer of a traced build (trace.cuh), unused otherwise.
+/// `trace`: the trace buffer of a traced build (trace.cuh), unused otherwise. `on_q()` runs once
+/// the pending Q has landed (the persistent loop then copies the next tile's Q).
+template <class OnQ = NoOp>
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
                                         long long lim_q, float scale_log2, bool q_pending,
-                                        [[maybe_unused]] unsigned long long trace) {
+                                        [[maybe_unused]] unsigned long long trace, OnQ on_q = {}) {
   const int lane = core.lane;
   const int grp = q >> 2;
   core.reset();
@@ -245,6 +264,7 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     if (q_pending) {
       core.q_landed();
       group_sync(grp);
+      on_q();
     }
     NSA_TRACE_STAMP(trace, tracer, q_landed);
     [[maybe_unused]] long long ring_cyc = 0, s_cyc = 0, softmax_cyc = 0, pv_cyc = 0, pack_cyc = 0;
@@ -298,6 +318,7 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
         if (q_pending) {
           core.q_landed();
           group_sync(grp);
+          on_q();
           q_pending = false;
         }
         const int vis = vis_of(j);
@@ -385,7 +406,7 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTRY(NSA_STREAM_PARAMS) {
   NSA_TRACE_ENTRY(p.lse, threadIdx.x == 0, entry);
 #if NSA_PREFILL_GROUP
-  require_smem(nsa_layout::prefill_group_smem(DQK, DV, NSEL, BLK, WARPS, STAGES));
+  require_smem(nsa_layout::prefill_group_smem(DQK, DV, NSEL, BLK, WARPS, STAGES, NSA_KNOB_PERSIST));
 #else
   require_smem(nsa_layout::prefill_stream_smem(DQK, DV, NSEL, BLK, WARPS, PRODUCERS, STAGES, TMA));
 #endif
@@ -419,6 +440,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)QTILE, TMA);
 #if NSA_PREFILL_GROUP
     init_ring(full0 + V_BARRIERS, empty0 + V_BARRIERS, STAGES, 1u, (u32)QTILE, true);
+    if constexpr (BUILDERS > 0) {
+      mbar_init(full0 + FREED_BARRIERS, (u32)QTILE + 1u);  // every consumer warp and the producer warp
+      mbar_init(full0 + FREED_BARRIERS + 8u, (u32)QTILE + 1u);
+    }
 #endif
     if constexpr (TMA) {
       mbar_init(ready0, 32u);  // the producer warp's lanes, once the union is built
@@ -469,6 +494,86 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   // it: item k - 1's last block shares a stage with one of item k's first STAGES blocks, whose
   // empty barrier the copying thread waited for before issuing it (or, when item k has fewer
   // blocks, it waits for that barrier explicitly).
+#if NSA_PREFILL_GROUP && NSA_KNOB_PERSIST
+  // prefill_group with persist = 1: the same pipeline with the union build taken off the
+  // producer. The builder warp (warp QTILE + 1) builds item k + 1's union into buffer (k + 1) % 2
+  // while the producer streams item k, once every reader of that buffer's previous item, k - 1,
+  // has arrived on freed[(k + 1) % 2] (the consumers after storing it, the producer after issuing
+  // it), and arrives on ready[(k + 1) % 2]; the producer, like the consumers, waits for ready
+  // before item k + 1 and then issues all its blocks without a pause. (With the build on the
+  // producer, a two-stage ring ran dry during every build: the consumers waited 664 cycles a
+  // block for the ring against 238 with persist = 0, nsa-kernel-trace on the H200,
+  // docs/performance.md v13.) With two Q tiles (Q_TILES) a consumer copies the next item's Q
+  // into the other tile as soon as this item's Q has landed, so an item starts on a Q that is
+  // there; with one, after this item is done, as persist = 0 does.
+  if (blockIdx.x < items) {
+    QueryTile tile = query_tile<QTILE>(blockIdx.x, qtiles, p);
+    const int lane = threadIdx.x & 31;
+    auto q_tile_of = [&](long long kk) {  // the group's Q tile of this CTA's kk-th item
+      return q_tiles + (u32)((((int)(kk % Q_TILES)) * NGROUPS + (warp >> 2)) * Core::Q_GROUP_BYTES);
+    };
+    auto issue_q_at = [&](const QueryTile& t, u32 at) {
+      const elem_t* q_rows = ptr_elem(p.q) + ((t.b * p.t_q + t.t0 + warp) * h_q + t.g * H) * DQK;
+      core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; }, at);
+      cp_async_commit();
+    };
+    if (warp < tile.nq) issue_q(tile);
+    {
+      Union first;
+      first.carve(smem);
+      first.build(tile.sel, tile.nq, tile.lim0);  // synchronises the CTA: the barriers are initialised too
+    }
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
+    bool next_q_issued = false;  // the next item's Q copies are in flight into the other tile
+    long long k = 0;
+    for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
+      Union cur, next;
+      cur.carve(smem + (k & 1) * UNION_BYTES);
+      next.carve(smem + ((k + 1) & 1) * UNION_BYTES);
+      const long long next_item = item + gridDim.x;
+      if (warp == QTILE + 1) {  // the builder
+        if (next_item < items) {
+          if (lane == 0 && k > 0) mbar_wait(full0 + FREED_BARRIERS + 8u * (u32)((k + 1) & 1), (u32)(((k - 1) >> 1) & 1));
+          __syncwarp();
+          const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
+          next.build_warp(nt.sel, nt.nq, nt.lim0);
+          mbar_arrive(ready0 + 8u * (u32)((k + 1) & 1));
+        }
+        continue;
+      }
+      cur.read_counts();  // built by the CTA (k = 0) or the builder, and waited for
+      if (warp == QTILE) {  // the producer
+        if (lane == 0)
+          produce_tma(cur, 0, cur.nu, seq, full0, empty0, smem_addr(k_ring), smem_addr(v_ring), &k_map, &v_map,
+                      (int)tile.g, (int)tile.b);
+        __syncwarp();
+      } else {
+        const QueryTile nt = next_item < items ? query_tile<QTILE>(next_item, qtiles, p) : tile;
+        consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, true, p.lse, [&] {
+          if (Q_TILES == 2 && next_item < items) {
+            if (warp < nt.nq) issue_q_at(nt, q_tile_of(k + 1));
+            next_q_issued = true;
+          }
+        });
+        cp_async_wait<0>();  // this item's Q copies (a query with no block of its own did not wait)
+        if (warp < tile.nq) store(tile);
+        NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
+      }
+      if (lane == 0) mbar_arrive(full0 + FREED_BARRIERS + 8u * (u32)(k & 1));
+      seq += (unsigned)cur.nu;
+      if (next_item < items) {
+        tile = query_tile<QTILE>(next_item, qtiles, p);
+        mbar_wait(ready0 + 8u * (u32)((k + 1) & 1), (u32)((k >> 1) & 1));  // build k of buffer (k + 1) % 2
+        if (warp < QTILE) {
+          group_sync(warp >> 2);  // with one Q tile: the group's last wgmma has read it before any warp rewrites it
+          core.use_q_tile(q_tile_of(k + 1));
+          if (!next_q_issued && warp < tile.nq) issue_q(tile);
+          next_q_issued = false;
+        }
+      }
+    }
+  }
+#else
   if (blockIdx.x < items) {
     QueryTile tile = query_tile<QTILE>(blockIdx.x, qtiles, p);
     if (warp < tile.nq) issue_q(tile);
@@ -532,6 +637,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       }
     }
   }
+#endif  // the persistent loop with or without a builder warp
 #else
   for (long long item = blockIdx.x; item < items; item += gridDim.x) {
     const QueryTile tile = query_tile<QTILE>(item, qtiles, p);

@@ -433,8 +433,11 @@ TEST(Catalog, PrefillGroupComputesFourQueriesPerWarpgroupOnHopperOnly) {
     ASSERT_EQ(plan.launches.size(), 1u);
     const Launch& l = plan.launches[0];
     EXPECT_EQ(l.entry, "nsa_prefill_group");
-    EXPECT_EQ(l.block[0], 32u * static_cast<unsigned>(warps)) << v.key();
-    EXPECT_EQ(l.shared_bytes, static_cast<unsigned>(L::prefill_group_smem(128, 128, 16, 64, warps, v.knob("stages", 0))));
+    // persist = 1 adds the builder warp, and where two CTAs still fit, a second Q tile a group.
+    const int persist = v.knob("persist", 0);
+    EXPECT_EQ(l.block[0], 32u * static_cast<unsigned>(warps + persist)) << v.key();
+    EXPECT_EQ(l.shared_bytes,
+              static_cast<unsigned>(L::prefill_group_smem(128, 128, 16, 64, warps, v.knob("stages", 0), persist)));
     ASSERT_EQ(l.tensor_maps.size(), 2u) << "the ring is always the TMA's";
     EXPECT_EQ(l.tensor_maps[0].operand, TensorMapArg::Operand::k);
     EXPECT_EQ(l.tensor_maps[1].box_rows, 64u);
@@ -473,9 +476,15 @@ TEST(Catalog, PrefillGroupComputesFourQueriesPerWarpgroupOnHopperOnly) {
   deep_pair.knobs = {{"warps", 5}, {"stages", 3}, {"persist", 0}};
   expect_refused(deep_pair, RuntimeShape{1, 100, 100, 2}, "use stages=2", "one warpgroup alone on an SM");
   // The Q tiles follow the ring, unpadded: 64 rows of D_qk per warpgroup.
-  // K and V of a slot have a full and an empty barrier each, plus the two unions' ready barriers.
-  EXPECT_EQ(L::prefill_group_smem(128, 128, 16, 64, 9, 5),
+  // K and V of a slot have a full and an empty barrier each, plus the two unions' ready and freed barriers.
+  EXPECT_EQ(L::prefill_group_smem(128, 128, 16, 64, 9, 5, 0),
             2 * L::union_bytes(8, 16) + 256 + L::kTmaAlign + 5 * 64 * 256 * 2 + 2 * 64 * 128 * 2);
+  // persist = 1: two Q tiles where two CTAs still fit an SM (D 128 at 2 stages), one where not (D_qk 192).
+  EXPECT_EQ(L::prefill_group_q_tiles(128, 128, 16, 64, 5, 2, 1), 2);
+  EXPECT_EQ(L::prefill_group_q_tiles(128, 128, 16, 64, 5, 2, 0), 1);
+  EXPECT_EQ(L::prefill_group_q_tiles(192, 128, 16, 64, 5, 2, 1), 1);
+  EXPECT_EQ(L::prefill_group_smem(128, 128, 16, 64, 5, 2, 1) - L::prefill_group_smem(128, 128, 16, 64, 5, 2, 0),
+            64 * 128 * 2);
 }
 
 TEST(Catalog, DecodeStreamSplitsARowOverAClusterOfStreamingCtas) {
