@@ -102,9 +102,7 @@ const std::vector<Knob>& knobs_of(Design d) {
   // fastest everywhere; one group alone on an SM (5 warps, 3-5 stages) was 1.6x slower. With
   // 5 warps a block's softmax runs while the previous block's P V does (v12: 1.04-1.06x, with
   // the ring's K and V handed over apart); 9 warps keep the plain chain (3-4% slower since K
-  // and V have barriers of their own, v12; never the fastest setting). persist = 1 adds a warp
-  // that builds the next tile's union, a second Q tile where two CTAs still fit, and tiles
-  // taken from a counter (v13: the fastest setting at T = 32768 clustered, 1.07x).
+  // and V have barriers of their own, v12; never the fastest setting).
   static const std::vector<Knob> group = {{"warps", {5, 9}}, {"stages", {2, 5, 4, 3}}, {"persist", {0, 1}}};
   switch (d) {
     case Design::reference: return none;
@@ -605,12 +603,6 @@ LaunchPlan plan_for(const KernelVariant& v, const RuntimeShape& shape) {
       std::int64_t ctas = items;
       if (knob_value(v, "persist") == 1 && shape.sm_count > 0)
         ctas = std::min<std::int64_t>(items, static_cast<std::int64_t>(shape.sm_count) * resident_ctas_per_sm(v));
-      // prefill_group's persistent CTAs take their items from a counter in the workspace after
-      // the first (prefill_stream.cu): a one-thread launch zeroes it first.
-      if (v.design == Design::prefill_group && knob_value(v, "persist") == 1) {
-        plan.launches.push_back(launch("nsa_prefill_group_reset", 1, 32, 0));
-        plan.workspace_bytes = 16;
-      }
       Launch l = launch(v.design == Design::prefill_group ? "nsa_prefill_group" : "nsa_prefill_stream", ctas,
                         engine_threads, engine_smem(v));
       l.tensor_maps = stream_tensor_maps(v);

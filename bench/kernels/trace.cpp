@@ -192,9 +192,8 @@ int main(int argc, char** argv) {
     const auto cubin = compile_traced(v);
     auto lv = jit::LoadedVariant::load(v, cubin, {s.batch, s.t_q, s.t_kv, s.h_kv});
     if (!lv) die(lv.error().message(), 3);
-    // The traced kernel is the plan's last launch (a persistent prefill_group zeroes its item
-    // counter in a first one).
-    const auto& launch = lv->plan().launches.back();
+    if (lv->plan().launches.size() != 1) die(label_of(v) + ": a traced plan has one launch", 3);
+    const auto& launch = lv->plan().launches[0];
     const std::size_t ctas = std::size_t{launch.grid[0]} * launch.grid[1] * launch.grid[2];
     // One zeroed buffer per timed launch (the sums add into it) and one for the warm-up ones, so
     // that the launches run back to back as nsa-bench-kernels times them.

@@ -399,13 +399,6 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
 
 #if NSA_PREFILL_GROUP
 #define NSA_PREFILL_ENTRY nsa_prefill_group
-#if NSA_KNOB_PERSIST
-/// The first launch of a persistent prefill_group plan: the item counter in the workspace starts
-/// at 0 (the persistent loop's tickets).
-extern "C" __global__ void nsa_prefill_group_reset(const SelectionParams p) {
-  if (threadIdx.x == 0) *reinterpret_cast<unsigned long long*>(p.workspace) = 0ull;
-}
-#endif
 #else
 #define NSA_PREFILL_ENTRY nsa_prefill_stream
 #endif
@@ -503,29 +496,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   // blocks, it waits for that barrier explicitly).
 #if NSA_PREFILL_GROUP && NSA_KNOB_PERSIST
   // prefill_group with persist = 1: the same pipeline with the union build taken off the
-  // producer, and the items handed out as the CTAs ask for them. The builder warp (warp
-  // QTILE + 1) builds item k + 1's union into buffer (k + 1) % 2 while the producer streams
-  // item k, once every reader of that buffer's previous item, k - 1, has arrived on
-  // freed[(k + 1) % 2] (the consumers after storing it, the producer after issuing it), and
-  // arrives on ready[(k + 1) % 2]; the producer, like the consumers, waits for ready before item
-  // k + 1 and then issues all its blocks without a pause. (With the build on the producer, a
-  // two-stage ring ran dry during every build: the consumers waited 664 cycles a block for the
-  // ring against 238 with persist = 0; nsa-kernel-trace on the H200, docs/performance.md v13.)
-  // Items: a CTA's first is blockIdx.x, each later one the next ticket of a counter in the
-  // workspace (zeroed by the plan's first launch, nsa_prefill_group_reset), taken one item
-  // ahead and kept in the union buffer beside the counts (-1: none), so that every CTA works
-  // until the items run out (a fixed stride left the last CTA 3.5% after the median one).
-  // With two Q tiles (Q_TILES) a consumer copies the next item's Q into the other tile as soon
-  // as this item's Q has landed, so an item starts on a Q that is there; with one, after this
-  // item is done, as persist = 0 does.
+  // producer. The builder warp (warp QTILE + 1) builds item k + 1's union into buffer (k + 1) % 2
+  // while the producer streams item k, once every reader of that buffer's previous item, k - 1,
+  // has arrived on freed[(k + 1) % 2] (the consumers after storing it, the producer after issuing
+  // it), and arrives on ready[(k + 1) % 2]; the producer, like the consumers, waits for ready
+  // before item k + 1 and then issues all its blocks without a pause. (With the build on the
+  // producer, a two-stage ring ran dry during every build: the consumers waited 664 cycles a
+  // block for the ring against 238 with persist = 0, nsa-kernel-trace on the H200,
+  // docs/performance.md v13.) With two Q tiles (Q_TILES) a consumer copies the next item's Q
+  // into the other tile as soon as this item's Q has landed, so an item starts on a Q that is
+  // there; with one, after this item is done, as persist = 0 does.
   if (blockIdx.x < items) {
-    auto* tickets = reinterpret_cast<unsigned long long*>(p.workspace);
-    auto take_item = [&]() -> long long {  // the next item nobody has taken, or -1
-      const long long item = (long long)gridDim.x + (long long)atomicAdd(tickets, 1ull);
-      return item < items ? item : -1;
-    };
-    long long item = blockIdx.x;
-    QueryTile tile = query_tile<QTILE>(item, qtiles, p);
+    QueryTile tile = query_tile<QTILE>(blockIdx.x, qtiles, p);
     const int lane = threadIdx.x & 31;
     auto q_tile_of = [&](long long kk) {  // the group's Q tile of this CTA's kk-th item
       return q_tiles + (u32)((((int)(kk % Q_TILES)) * NGROUPS + (warp >> 2)) * Core::Q_GROUP_BYTES);
@@ -540,26 +522,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       Union first;
       first.carve(smem);
       first.build(tile.sel, tile.nq, tile.lim0);  // synchronises the CTA: the barriers are initialised too
-      if (threadIdx.x == 0) first.set_next_item(take_item());
-      __syncthreads();
     }
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
     bool next_q_issued = false;  // the next item's Q copies are in flight into the other tile
-    for (long long k = 0;; ++k) {
+    long long k = 0;
+    for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
       Union cur, next;
       cur.carve(smem + (k & 1) * UNION_BYTES);
       next.carve(smem + ((k + 1) & 1) * UNION_BYTES);
-      const long long next_item = cur.next_item();
+      const long long next_item = item + gridDim.x;
       if (warp == QTILE + 1) {  // the builder
-        if (next_item < 0) break;
-        const long long after = lane == 0 ? take_item() : 0;
-        if (lane == 0 && k > 0) mbar_wait(full0 + FREED_BARRIERS + 8u * (u32)((k + 1) & 1), (u32)(((k - 1) >> 1) & 1));
-        __syncwarp();
-        const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
-        next.build_warp(nt.sel, nt.nq, nt.lim0);
-        if (lane == 0) next.set_next_item(after);
-        __syncwarp();
-        mbar_arrive(ready0 + 8u * (u32)((k + 1) & 1));
+        if (next_item < items) {
+          if (lane == 0 && k > 0) mbar_wait(full0 + FREED_BARRIERS + 8u * (u32)((k + 1) & 1), (u32)(((k - 1) >> 1) & 1));
+          __syncwarp();
+          const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
+          next.build_warp(nt.sel, nt.nq, nt.lim0);
+          mbar_arrive(ready0 + 8u * (u32)((k + 1) & 1));
+        }
         continue;
       }
       cur.read_counts();  // built by the CTA (k = 0) or the builder, and waited for
@@ -569,9 +548,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
                       (int)tile.g, (int)tile.b);
         __syncwarp();
       } else {
-        const QueryTile nt = next_item >= 0 ? query_tile<QTILE>(next_item, qtiles, p) : tile;
+        const QueryTile nt = next_item < items ? query_tile<QTILE>(next_item, qtiles, p) : tile;
         consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, true, p.lse, [&] {
-          if (Q_TILES == 2 && next_item >= 0) {
+          if (Q_TILES == 2 && next_item < items) {
             if (warp < nt.nq) issue_q_at(nt, q_tile_of(k + 1));
             next_q_issued = true;
           }
@@ -582,15 +561,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       }
       if (lane == 0) mbar_arrive(full0 + FREED_BARRIERS + 8u * (u32)(k & 1));
       seq += (unsigned)cur.nu;
-      if (next_item < 0) break;
-      item = next_item;
-      tile = query_tile<QTILE>(item, qtiles, p);
-      mbar_wait(ready0 + 8u * (u32)((k + 1) & 1), (u32)((k >> 1) & 1));  // build k of buffer (k + 1) % 2
-      if (warp < QTILE) {
-        group_sync(warp >> 2);  // with one Q tile: the group's last wgmma has read it before any warp rewrites it
-        core.use_q_tile(q_tile_of(k + 1));
-        if (!next_q_issued && warp < tile.nq) issue_q(tile);
-        next_q_issued = false;
+      if (next_item < items) {
+        tile = query_tile<QTILE>(next_item, qtiles, p);
+        mbar_wait(ready0 + 8u * (u32)((k + 1) & 1), (u32)((k >> 1) & 1));  // build k of buffer (k + 1) % 2
+        if (warp < QTILE) {
+          group_sync(warp >> 2);  // with one Q tile: the group's last wgmma has read it before any warp rewrites it
+          core.use_q_tile(q_tile_of(k + 1));
+          if (!next_q_issued && warp < tile.nq) issue_q(tile);
+          next_q_issued = false;
+        }
       }
     }
   }

@@ -94,16 +94,6 @@ struct QueryTileUnion {
     nlow = scalars[1];
   }
 
-  /// A persistent loop's work item after this union's (prefill_group, persist = 1), or -1 where
-  /// there is none, kept beside the counts: the builder writes it with the union.
-  __device__ __forceinline__ void set_next_item(long long item) const {
-    scalars[2] = (int)(item & 0xffffffff);
-    scalars[3] = (int)(item >> 32);
-  }
-  __device__ __forceinline__ long long next_item() const {
-    return (long long)(((unsigned long long)(unsigned)scalars[3] << 32) | (unsigned)scalars[2]);
-  }
-
  private:
   template <int NT, bool WARP_ONLY>
   __device__ __forceinline__ static void sync_group() {
