@@ -446,7 +446,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     }
 #endif
     if constexpr (TMA) {
-      mbar_init(ready0, 32u);  // the producer warp's lanes, once the union is built
+      mbar_init(ready0, 32u);  // the lanes of the warp that built the union (producer, or builder)
       mbar_init(ready0 + 8u, 32u);
       fence_mbarrier_init();
     }
