@@ -549,14 +549,21 @@ class Client {
       if (failure) {
         if (failure->kind == Failure::cancelled) break;
         // A daemon that is there but hangs is not "down": misses keep trying within their budget.
-        if (failure->kind != Failure::timeout)
+        if (failure->kind != Failure::timeout) {
           mark(failure->kind == Failure::incompatible ? DaemonState::incompatible : DaemonState::down, *failure);
+          // Idle connections are to the daemon that is gone (one that died before this
+          // subscription's first reply leaves them behind, as a lost subscription does).
+          std::lock_guard lock(m_pool_mutex);
+          m_idle.clear();
+        }
         if (!wait_backoff(backoff)) break;
         backoff = std::min(backoff * 2, m_backoff_max_us);
         continue;
       }
-      adopt_epoch((*sub)["epoch"].get<std::int64_t>(), /*resubscribed=*/ever_connected);
+      // Counted before the epoch is adopted: whoever sees the new epoch (its release store)
+      // sees the reconnect too.
       if (ever_connected) m_reconnects.fetch_add(1, std::memory_order_relaxed);
+      adopt_epoch((*sub)["epoch"].get<std::int64_t>(), /*resubscribed=*/ever_connected);
       ever_connected = true;
       backoff = m_backoff_min_us;
       m_state.store(DaemonState::up, std::memory_order_release);
