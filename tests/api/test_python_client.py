@@ -380,8 +380,12 @@ class PeerTest(Base):
     def test_restart_is_followed_by_reconnect(self):
         peer = self.peer(epoch=7)
         c = self.client(budget_us=200000)
-        c.dispatch(problem())
         self.assertTrue(eventually(lambda: peer.count("subscribe") == 1))
+        # Subscribed once the client follows an event: stopped before the client read the
+        # subscribe reply, the peer would make the restart the client's first subscription.
+        peer.push_epoch(8)
+        self.assertTrue(eventually(lambda: c.epoch == 8))
+        c.dispatch(problem())
         peer.stop()
         self.peers.remove(peer)
         self.assertTrue(eventually(lambda: c.dispatch(problem(16384)).provenance == "daemon_unavailable"))
@@ -395,12 +399,14 @@ class PeerTest(Base):
         peer = self.peer(epoch=7)
         c = self.client(budget_us=200000)
         self.assertTrue(eventually(lambda: peer.count("subscribe") == 1))
+        peer.push_epoch(8)  # subscribed once the client follows an event (see above)
+        self.assertTrue(eventually(lambda: c.epoch == 8))
         c.dispatch(problem())
         peer.stop()
         self.peers.remove(peer)
-        peer2 = self.peer(epoch=7)
+        peer2 = self.peer(epoch=8)
         self.assertTrue(eventually(lambda: c.stats()["reconnects"] >= 1))
-        self.assertEqual(c.dispatch(problem()).epoch, 7)
+        self.assertEqual(c.dispatch(problem()).epoch, 8)
         self.assertEqual(peer2.count("dispatch"), 1, "asked the restarted daemon, not the memo")
 
     def test_other_operations(self):

@@ -758,13 +758,14 @@ class Client:
                     return
                 if f.kind != "timeout":  # a daemon that hangs is not "down": misses keep trying
                     self._mark("incompatible" if f.kind == "incompatible" else "down", f)
+                    self._drop_idle()  # to the daemon that is gone (it may have died before replying)
                 if self._wait(backoff):
                     return
                 backoff = min(backoff * 2, self._backoff_max)
                 continue
-            self._adopt_epoch(r["epoch"], resubscribed=ever)
-            if ever:
+            if ever:  # counted before the epoch is adopted: whoever sees the new epoch sees it
                 self._count("reconnects")
+            self._adopt_epoch(r["epoch"], resubscribed=ever)
             ever = True
             backoff = self._backoff_min
             self._state = "up"
@@ -780,10 +781,14 @@ class Client:
             if lost.kind == "cancelled":
                 return
             self._mark("down", lost)
-            with self._pool_lock:
-                for c in self._idle:
-                    c.close()
-                self._idle = []
+            self._drop_idle()
+
+    def _drop_idle(self) -> None:
+        """Closes the idle request connections (their daemon is gone)."""
+        with self._pool_lock:
+            for c in self._idle:
+                c.close()
+            self._idle = []
 
     def _wait(self, seconds: float) -> bool:
         """Sleeps for a backoff; True when the client is closing."""
