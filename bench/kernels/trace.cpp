@@ -4,9 +4,9 @@
 // launches it back to back on random inputs rotated past the L2 as nsa-bench-kernels does, and
 // prints per point the first, median and last CTA's time after the launch's first CTA entered,
 // and per sum its median over CTAs (per block where the design counts blocks); medians over the
-// launches. Traced designs: decode_stream and prefill_group. The traced launches' event time is
-// printed beside the timeline: tracing costs a few instructions a point and a clock read a phase,
-// more where it makes the kernel spill (docs/kernels.md, "Tracing a launch").
+// launches. Traced designs: decode_stream, prefill_stream and prefill_group. The traced launches'
+// event time is printed beside the timeline: tracing costs a few instructions a point and a
+// clock read a phase, more where it makes the kernel spill (docs/kernels.md, "Tracing a launch").
 //
 //   nsa-kernel-trace --shape b=16,tq=1,tkv=32768,hq=64,hkv=4,d=128,block=64,n=16 --runs 30
 //       --variants tma1_split1_consumers4_producers1_stages5_share1
@@ -44,11 +44,13 @@ namespace {
 #define NSA_TRACE_NAME(name) #name,
 const std::vector<std::string> kDecodeStreamPoints = {NSA_DECODE_STREAM_TRACE(NSA_TRACE_NAME)};
 const std::vector<std::string> kPrefillGroupPoints = {NSA_PREFILL_GROUP_TRACE(NSA_TRACE_NAME)};
+const std::vector<std::string> kPrefillStreamPoints = {NSA_PREFILL_STREAM_TRACE(NSA_TRACE_NAME)};
 
 /// The trace points of a design, or nullptr where the design is not traced.
 const std::vector<std::string>* points_of(jit::Design d) {
   if (d == jit::Design::decode_stream) return &kDecodeStreamPoints;
   if (d == jit::Design::prefill_group) return &kPrefillGroupPoints;
+  if (d == jit::Design::prefill_stream) return &kPrefillStreamPoints;
   return nullptr;
 }
 
@@ -85,7 +87,7 @@ int main(int argc, char** argv) {
   std::string arch = "sm_90";
   bool compile_only = false;
   std::string out_dir;
-  CLI::App app{"Traces where a selection kernel's launch spends its time (decode_stream, prefill_group)."};
+  CLI::App app{"Traces where a selection kernel's launch spends its time (decode_stream, prefill_stream, prefill_group)."};
   app.add_option("--shape", shape_text, "an nsa-bench-kernels shape (key=value list, or 'decode' / 'prefill')")
       ->required();
   app.add_option("--pattern", pattern_text, "random or clustered (a shape's own pattern= wins)")
@@ -117,13 +119,13 @@ int main(int argc, char** argv) {
   if (auto why = jit::unsupported_reason(family)) die(spec->describe() + ": " + *why, 2);
   auto traced_variants = [&](const std::string& on) {
     std::vector<jit::KernelVariant> out;
-    for (auto d : {jit::Design::decode_stream, jit::Design::prefill_group})
+    for (auto d : {jit::Design::decode_stream, jit::Design::prefill_stream, jit::Design::prefill_group})
       for (const auto& v : jit::variants_for(family, on, d))
         if (std::any_of(filters.begin(), filters.end(),
                         [&](const std::string& f) { return v.key().find(f) != std::string::npos; }))
           out.push_back(v);
     if (out.empty())
-      die("no decode_stream or prefill_group variant of " + family.key() + " on " + on + " matches --variants " +
+      die("no decode_stream, prefill_stream or prefill_group variant of " + family.key() + " on " + on + " matches --variants " +
               variants_text,
           2);
     return out;

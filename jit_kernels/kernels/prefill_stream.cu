@@ -125,7 +125,11 @@ using Core = AttentionCore<1, 1, CHUNK, 2, false, (nsa_layout::stream_q_in_regis
 constexpr int MIN_CTAS = 1;
 #endif
 using Union = QueryTileUnion<QTILE, THREADS>;
-enum { NSA_PREFILL_GROUP_TRACE(NSA_TRACE_ENUM) };  // the slots of a traced prefill_group (trace.cuh)
+#if NSA_PREFILL_GROUP
+enum { NSA_PREFILL_GROUP_TRACE(NSA_TRACE_ENUM) };  // the slots of a traced build (trace.cuh)
+#else
+enum { NSA_PREFILL_STREAM_TRACE(NSA_TRACE_ENUM) };
+#endif
 
 namespace {
 
@@ -343,21 +347,27 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
 /// Consumer warp q passes every union block and computes those its query t0 + q selected. With
 /// `q_pending` its Q copies may still be in flight: it waits for them before its first block of its
 /// own (the pipelined loop issues them as it starts the tile, and passing others' blocks needs no Q).
-/// (`trace`, as prefill_group's: this design is not traced.)
+/// `trace`: the trace buffer of a traced build (trace.cuh), unused otherwise.
 __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
                                         long long lim_q, float scale_log2, bool q_pending,
                                         [[maybe_unused]] unsigned long long trace) {
   const int lane = core.lane;
   if (!q_pending) core.load_q_fragments();
   core.reset();
+  [[maybe_unused]] const bool tracer = q == 0 && lane == 0;  // the thread that keeps the trace
+  [[maybe_unused]] long long wait_cyc = 0, compute_cyc = 0, own = 0;
   for (int j = 0; j < un.nu; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
+    [[maybe_unused]] const long long t0 = NSA_TRACE_CLOCK();
     mbar_wait(full0 + 8u * s, (n / STAGES) & 1u);
+    [[maybe_unused]] const long long t1 = NSA_TRACE_CLOCK();
+    wait_cyc += t1 - t0;
     if (((un.umask[j] >> q) & 1u) == 0u) {  // not this query's block
       if (lane == 0) mbar_arrive(empty0 + 8u * s);
       continue;
     }
+    NSA_TRACE_STAMP(trace, tracer && own == 0, first_own);
     if (q_pending) {
       cp_async_wait<0>();
       __syncwarp();
@@ -367,8 +377,14 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     // vis >= 1: the union holds visible blocks only.
     core.compute_block_prefix<BLK>(s, visible_in_block(un.ulist[j], lim_q), scale_log2);
     __syncwarp();  // every lane's reads of the stage are done (their values fed the MMAs above)
+    compute_cyc += NSA_TRACE_CLOCK() - t1;
+    ++own;
     if (lane == 0) mbar_arrive(empty0 + 8u * s);
   }
+  NSA_TRACE_STAMP(trace, tracer, last_own);
+  NSA_TRACE_ADD(trace, tracer, wait_cyc, wait_cyc);
+  NSA_TRACE_ADD(trace, tracer, compute_cyc, compute_cyc);
+  NSA_TRACE_ADD(trace, tracer, blocks, own);
 }
 #endif
 
@@ -646,6 +662,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     // Consumers start their Q copies before the union is built; they land while it is.
     if (warp < tile.nq) issue_q(tile);
     un.build(tile.sel, tile.nq, tile.lim0);
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
 
     if (warp >= QTILE) {
       const elem_t* k_bg = ptr_elem(p.k) + (tile.b * p.t_kv * p.h_kv + tile.g) * DQK;
@@ -659,6 +676,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       __syncwarp();
       consume(core, un, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, false, p.lse);
       if (warp < tile.nq) store(tile);
+      NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
     }
     seq += (unsigned)un.nu;
     __syncthreads();  // the union is rebuilt for the next item only when every warp is done with it

@@ -1,5 +1,5 @@
 // Timelines of one launch, for nsa-kernel-trace (bench/kernels/trace.cpp): where a CTA's time
-// goes between the points a design names. Compiled in only with NSA_TRACE, which the catalog's
+// goes between the points a design names (decode_stream, prefill_stream, prefill_group). Compiled in only with NSA_TRACE, which the catalog's
 // compiles never define: a traced kernel is a measuring instrument, not a variant.
 //
 // With NSA_TRACE each CTA owns a row of NSA_TRACE_SLOTS 64-bit slots, at blockIdx.x, in the
@@ -41,10 +41,17 @@
   X(entry) X(union_built) X(q_landed) X(first_k) X(last_pv) X(stored) X(ring_wait_cyc) X(s_cyc) X(softmax_cyc) \
       X(pv_wait_cyc) X(pack_cyc) X(blocks)
 
+// prefill_stream: entry, the union built, consumer 0's first own block landed and its last
+// computed, the rows stored; and consumer 0's cycles summed over the tile: waiting for the ring
+// (every block, its own or passed), computing its own blocks, and how many it computed.
+#define NSA_PREFILL_STREAM_TRACE(X) \
+  X(entry) X(union_built) X(first_own) X(last_own) X(stored) X(wait_cyc) X(compute_cyc) X(blocks)
+
 #define NSA_TRACE_ENUM(name) nsa_trace_##name,
 #define NSA_TRACE_COUNT(name) +1
 static_assert(0 NSA_DECODE_STREAM_TRACE(NSA_TRACE_COUNT) <= NSA_TRACE_GT_ENTRY, "decode_stream's trace points fit a row");
 static_assert(0 NSA_PREFILL_GROUP_TRACE(NSA_TRACE_COUNT) <= NSA_TRACE_GT_ENTRY, "prefill_group's trace points fit a row");
+static_assert(0 NSA_PREFILL_STREAM_TRACE(NSA_TRACE_COUNT) <= NSA_TRACE_GT_ENTRY, "prefill_stream's trace points fit a row");
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #ifdef NSA_TRACE
