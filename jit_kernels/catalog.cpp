@@ -190,9 +190,9 @@ std::int64_t engine_smem(const KernelVariant& v) {
 /// sm_count times this never needs a second wave): the 228 KiB of shared memory an sm_90 SM has
 /// (1 KiB reserved per CTA), 2048 threads, and 65536 registers at the register class's budget.
 std::int64_t resident_ctas_per_sm(const KernelVariant& v) {
-  const std::int64_t smem = engine_smem(v) + 1024;
+  const std::int64_t smem = engine_smem(v) + L::kSmemReservedPerCta;
   const std::int64_t threads = engine_threads(v);
-  const std::int64_t by_smem = (228LL * 1024) / smem;
+  const std::int64_t by_smem = L::kSmemPerSm / smem;
   const std::int64_t by_threads = 2048 / threads;
   // prefill_group's consumers take 164 registers (ptxas, sm_90a): 168 a thread, 12 warps an SM.
   const std::int64_t by_registers = v.design == Design::prefill_group

@@ -366,6 +366,12 @@ Agreement compare_bits(std::span<const std::uint16_t> got, jit::ElemType dtype, 
   return a;
 }
 
+std::string label_of(const jit::KernelVariant& v) {
+  std::string knobs;
+  for (const auto& [k, value] : v.knobs) knobs += (knobs.empty() ? "" : "_") + k + std::to_string(value);
+  return std::string(to_string(v.design)) + (knobs.empty() ? "" : " " + knobs);
+}
+
 Summary summarize(std::vector<double>& samples) {
   Summary s;
   if (samples.empty()) return s;

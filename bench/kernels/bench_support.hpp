@@ -86,6 +86,9 @@ struct Agreement {
 Agreement compare_bits(std::span<const std::uint16_t> got, jit::ElemType dtype, std::span<const double> ref,
                        unsigned threads = 0);
 
+/// A variant as the tables name it: its design, then its knobs ("decode_stream tma1_split1_...").
+std::string label_of(const jit::KernelVariant& v);
+
 /// Median and the 10th/90th percentiles of `samples` (sorted in place).
 struct Summary {
   double median = 0, p10 = 0, p90 = 0;

@@ -73,12 +73,6 @@ struct Row {
   int registers = 0, spill_bytes = 0;
 };
 
-std::string label_of(const jit::KernelVariant& v) {
-  std::string knobs;
-  for (const auto& [k, value] : v.knobs) knobs += (knobs.empty() ? "" : "_") + k + std::to_string(value);
-  return std::string(to_string(v.design)) + (knobs.empty() ? "" : " " + knobs);
-}
-
 double o_bound(jit::ElemType t) { return t == jit::ElemType::bf16 ? 1.5e-2 : 4e-3; }
 
 [[noreturn]] void die(const std::string& message, int code = 1) {
@@ -399,7 +393,7 @@ int main(int argc, char** argv) {
         const auto& compiled = outcomes[vi];
         Row row;
         row.key = v.key();
-        row.label = label_of(v);
+        row.label = bench::label_of(v);
         row.design = v.design;
         if (!compiled.result) {
           row.status = "compile_failed";

@@ -58,18 +58,7 @@ bool is_sum(const std::string& point) {
   return point == "blocks" || (point.size() > 4 && point.compare(point.size() - 4, 4, "_cyc") == 0);
 }
 
-double median_of(std::vector<double> v) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::string label_of(const jit::KernelVariant& v) {
-  std::string knobs;
-  for (const auto& [k, value] : v.knobs) knobs += (knobs.empty() ? "" : "_") + k + std::to_string(value);
-  return std::string(to_string(v.design)) + " " + knobs;
-}
+double median_of(std::vector<double> v) { return v.empty() ? NAN : bench::summarize(v).median; }
 
 /// The traced launches' rows (CTAs x NSA_TRACE_SLOTS) reduced per point, one value per launch:
 /// for a stamp the first, median and last CTA's time (us) after the launch's earliest entry; for
@@ -194,7 +183,7 @@ int main(int argc, char** argv) {
     const auto cubin = compile_traced(v);
     auto lv = jit::LoadedVariant::load(v, cubin, {s.batch, s.t_q, s.t_kv, s.h_kv});
     if (!lv) die(lv.error().message(), 3);
-    if (lv->plan().launches.size() != 1) die(label_of(v) + ": a traced plan has one launch", 3);
+    if (lv->plan().launches.size() != 1) die(bench::label_of(v) + ": a traced plan has one launch", 3);
     const auto& launch = lv->plan().launches[0];
     const std::size_t ctas = std::size_t{launch.grid[0]} * launch.grid[1] * launch.grid[2];
     // One zeroed buffer per timed launch (the sums add into it) and one for the warm-up ones, so
@@ -221,9 +210,9 @@ int main(int argc, char** argv) {
       params.lse = bufs[timed ? static_cast<std::size_t>(i - warmup) : static_cast<std::size_t>(runs)].ptr();
       if ((timed && !starts[i - warmup].record(*stream)) || !lv->launch(params, *stream) ||
           (timed && !ends[i - warmup].record(*stream)))
-        die(label_of(v) + ": a traced launch failed", 4);
+        die(bench::label_of(v) + ": a traced launch failed", 4);
     }
-    if (auto r = stream->synchronize(); !r) die(label_of(v) + ": " + r.error().message(), 4);
+    if (auto r = stream->synchronize(); !r) die(bench::label_of(v) + ": " + r.error().message(), 4);
 
     // Per CTA: its cycles become time at the clock rate its two global-time stamps give, and it
     // is placed on the launch's time line by its entry's global time.
@@ -270,7 +259,7 @@ int main(int argc, char** argv) {
     }
 
     std::printf("\n%s: %zu CTAs, traced launch %.1f us (event pairs, back to back, median of %d), SM clock %.2f GHz\n",
-                label_of(v).c_str(), ctas, median_of(event_us), runs, median_of(clock_ghz));
+                bench::label_of(v).c_str(), ctas, median_of(event_us), runs, median_of(clock_ghz));
     std::printf("  %-16s %10s %10s %10s   (us after the launch's first CTA entered)\n", "point", "first", "median",
                 "last");
     for (std::size_t k = 0; k < points.size(); ++k)

@@ -120,6 +120,10 @@ NSA_HD constexpr int decode_stream_step(int warps, int block, int share) {
 /// ring starts at the next multiple of kTmaAlign bytes (the kernel aligns it at run time, so the
 /// layout reserves that much more).
 constexpr int kTmaAlign = 1024;
+/// An sm_90 SM's shared memory, and what the hardware reserves of it per resident CTA: the
+/// count of CTAs that fit an SM (the catalog's resident_ctas_per_sm, prefill_group_q_tiles).
+constexpr long long kSmemPerSm = 228 * 1024;
+constexpr long long kSmemReservedPerCta = 1024;
 NSA_HD constexpr long long ring_slot_bytes(int dqk, int dv, int block, int tma) {
   return tma ? (long long)block * (dqk + dv) * 2 : kv_stage_bytes(dqk, dv, block);
 }
@@ -154,8 +158,10 @@ NSA_HD constexpr long long prefill_group_smem_with(int dqk, int dv, int n, int b
 /// group computes the previous tile, where two CTAs still fit an SM with them (228 KiB, 1 KiB
 /// reserved a CTA: D_qk = 128 at 2 stages, not the paper config's 192); else one.
 NSA_HD constexpr int prefill_group_q_tiles(int dqk, int dv, int n, int block, int warps, int stages, int persist) {
-  return persist != 0 && 2 * (prefill_group_smem_with(dqk, dv, n, block, warps, stages, 2) + 1024) <= 228 * 1024 ? 2
-                                                                                                            : 1;
+  return persist != 0 && 2 * (prefill_group_smem_with(dqk, dv, n, block, warps, stages, 2) + kSmemReservedPerCta) <=
+                             kSmemPerSm
+             ? 2
+             : 1;
 }
 NSA_HD constexpr long long prefill_group_smem(int dqk, int dv, int n, int block, int warps, int stages, int persist) {
   return prefill_group_smem_with(dqk, dv, n, block, warps, stages,

@@ -484,9 +484,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   const long long h_q = p.h_kv * H;
   const float scale_log2 = p.scale * NSA_LOG2E;
   float* LSE = NSA_LSE_OUT(p);
-  auto issue_q = [&](const QueryTile& tile) {  // consumer `warp`'s Q rows of the tile, as cp.async
+  // Consumer `warp`'s Q rows of the tile, as cp.async: into its engine's Q, or (prefill_group's
+  // persistent loop) into the Q tile at shared address `at...`.
+  auto issue_q = [&](const QueryTile& tile, auto... at) {
     const elem_t* q_rows = ptr_elem(p.q) + ((tile.b * p.t_q + tile.t0 + warp) * h_q + tile.g * H) * DQK;
-    core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; });
+    core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; }, at...);
     cp_async_commit();
   };
   auto store = [&](const QueryTile& tile) {  // consumer `warp`'s output rows of the tile
@@ -528,11 +530,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     auto q_tile_of = [&](long long kk) {  // the group's Q tile of this CTA's kk-th item
       return q_tiles + (u32)((((int)(kk % Q_TILES)) * NGROUPS + (warp >> 2)) * Core::Q_GROUP_BYTES);
     };
-    auto issue_q_at = [&](const QueryTile& t, u32 at) {
-      const elem_t* q_rows = ptr_elem(p.q) + ((t.b * p.t_q + t.t0 + warp) * h_q + t.g * H) * DQK;
-      core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; }, at);
-      cp_async_commit();
-    };
     if (warp < tile.nq) issue_q(tile);
     {
       Union first;
@@ -567,7 +564,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
         const QueryTile nt = next_item < items ? query_tile<QTILE>(next_item, qtiles, p) : tile;
         consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, true, p.lse, [&] {
           if (Q_TILES == 2 && next_item < items) {
-            if (warp < nt.nq) issue_q_at(nt, q_tile_of(k + 1));
+            if (warp < nt.nq) issue_q(nt, q_tile_of(k + 1));
             next_q_issued = true;
           }
         });
