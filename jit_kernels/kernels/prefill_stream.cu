@@ -263,6 +263,7 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
   if constexpr (QTILE == 4) {
     if (un.nu == 0) return;
     [[maybe_unused]] const bool tracer = q == 0 && lane == 0;  // the thread that keeps the trace
+    [[maybe_unused]] const long long e0 = NSA_TRACE_CLOCK();
     k_landed(0);
     NSA_TRACE_STAMP(trace, tracer, first_k);
     if (q_pending) {
@@ -278,6 +279,7 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     release_k(0);
     core.softmax(s, vis, scale_log2, alpha);
     core.pack_p(s, alpha, vis > 0, pa);
+    [[maybe_unused]] long long edge_cyc = NSA_TRACE_CLOCK() - e0;
     for (int j = 1; j < un.nu; ++j) {
       [[maybe_unused]] const long long t0 = NSA_TRACE_CLOCK();
       k_landed(j);
@@ -302,12 +304,15 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
       softmax_cyc += t3 - t2;
       pv_cyc += t4 - t3;
     }
+    [[maybe_unused]] const long long e1 = NSA_TRACE_CLOCK();
     v_landed(un.nu - 1);
     core.issue_pv(pa, stage_of(un.nu - 1));
     wgmma_wait<0>();
     core.o_settled();
     release_v(un.nu - 1);
     NSA_TRACE_STAMP(trace, tracer, last_pv);
+    edge_cyc += NSA_TRACE_CLOCK() - e1;
+    NSA_TRACE_ADD(trace, tracer, edge_cyc, edge_cyc);
     NSA_TRACE_ADD(trace, tracer, ring_wait_cyc, ring_cyc);
     NSA_TRACE_ADD(trace, tracer, s_cyc, s_cyc);
     NSA_TRACE_ADD(trace, tracer, softmax_cyc, softmax_cyc);
@@ -391,7 +396,8 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
 /// Writes a consumer's h output rows (and LSE): the warp holds all columns of its rows, so its
 /// state is final: O = acc / l, LSE = (m + log2 l) ln 2 (O = 0, LSE = -inf for a query that saw no
 /// key).
-__device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, float* lse_rows, long long lse_stride) {
+__device__ __forceinline__ void store_rows_direct(const Core& core, elem_t* o_rows, float* lse_rows,
+                                                  long long lse_stride) {
   const int lane = core.lane;
   const int g = lane >> 2, c2 = (lane & 3) * 2;
 #pragma unroll
@@ -409,6 +415,58 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
     if (lse_rows != nullptr && (lane & 3) == 0)
       lse_rows[row * lse_stride] = l > 0.f ? (core.m_run[0][hf] + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
   }
+}
+
+/// store_rows_direct's rows, for prefill_group's persistent loop with a builder warp and one Q
+/// tile a group (the paper config's D_qk = 192), through the warp's own 16 rows of that Q tile,
+/// which no wgmma reads once the tile's last P V is retired (its last S was retired before):
+/// each lane writes its accumulator fragments there (row r's 16-byte chunk c at chunk c ^ (r % 8)
+/// of the r-th 128-byte row of panel c / 8, the tile's own swizzle, so neither pass has bank
+/// conflicts), then the warp reads its rows back as 16-byte chunks and stores them as such: a
+/// warp's rows are contiguous in global memory (the group's heads of one query), so with D_v =
+/// 128 a lane makes 8 coalesced 16-byte stores instead of 32 scattered 4-byte ones. There the
+/// next tile's Q is copied into the same tile once the store is done, so the store is on the
+/// tiles' chain: 1.03x at T = 32768 clustered on the H200. With two Q tiles (D_qk = 128) the
+/// next Q is already there and the staged store was 1% slower; so was it without the builder
+/// (docs/performance.md, v14). The caller copies a Q into this tile only after a group barrier
+/// that follows every warp's store.
+__device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, float* lse_rows, long long lse_stride) {
+#if NSA_PREFILL_GROUP
+  if constexpr (DQK >= DV && BUILDERS == 1 && Q_TILES == 1) {
+    constexpr int CH = DV / 8;          // 16-byte chunks of an O row
+    constexpr int ROWS_A_PASS = 32 / CH;
+    const int lane = core.lane;
+    const int g = lane >> 2, c2 = (lane & 3) * 2;
+    const u32 rows = core.q_group + (u32)(core.wq * 16 * Core::PANEL_ROWS_BYTES);
+    auto chunk_at = [&](int r, int c) {
+      return rows + (u32)((c >> 3) * Core::Q_PANEL + r * Core::PANEL_ROWS_BYTES + (((c & 7) ^ (r & 7)) << 4));
+    };
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float l = core.l_run[0][hf];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int row = g + hf * 8;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+      for (int dt = 0; dt < CH; ++dt)
+        st_shared_u32(chunk_at(row, dt) + (u32)(c2 * 2),
+                      pack2(core.o[0][dt][2 * hf] * inv, core.o[0][dt][2 * hf + 1] * inv));
+      if (row < H && lse_rows != nullptr && (lane & 3) == 0)
+        lse_rows[row * lse_stride] = l > 0.f ? (core.m_run[0][hf] + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 16 / ROWS_A_PASS; ++i) {
+      const int row = i * ROWS_A_PASS + lane / CH, c = lane % CH;
+      const uint4 v = ld_shared_u32x4(chunk_at(row, c));
+      if (row < H) *reinterpret_cast<uint4*>(o_rows + (long long)row * DV + c * 8) = v;
+    }
+    __syncwarp();  // every lane's reads of the tile are done before any lane copies a Q into it
+    return;
+  }
+#endif
+  store_rows_direct(core, o_rows, lse_rows, lse_stride);
 }
 
 }  // namespace
@@ -538,6 +596,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     }
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
     bool next_q_issued = false;  // the next item's Q copies are in flight into the other tile
+    [[maybe_unused]] long long between0 = 0;  // a traced build: when this consumer's tile was done
     long long k = 0;
     for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
       Union cur, next;
@@ -546,11 +605,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       const long long next_item = item + gridDim.x;
       if (warp == QTILE + 1) {  // the builder
         if (next_item < items) {
+          [[maybe_unused]] const long long b0 = NSA_TRACE_CLOCK();
           if (lane == 0 && k > 0) mbar_wait(full0 + FREED_BARRIERS + 8u * (u32)((k + 1) & 1), (u32)(((k - 1) >> 1) & 1));
           __syncwarp();
+          [[maybe_unused]] const long long b1 = NSA_TRACE_CLOCK();
           const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
           next.build_warp(nt.sel, nt.nq, nt.lim0);
           mbar_arrive(ready0 + 8u * (u32)((k + 1) & 1));
+          NSA_TRACE_ADD(p.lse, lane == 0, freed_cyc, b1 - b0);
+          NSA_TRACE_ADD(p.lse, lane == 0, build_cyc, NSA_TRACE_CLOCK() - b1);
         }
         continue;
       }
@@ -568,20 +631,25 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
             next_q_issued = true;
           }
         });
+        between0 = NSA_TRACE_CLOCK();
         cp_async_wait<0>();  // this item's Q copies (a query with no block of its own did not wait)
         if (warp < tile.nq) store(tile);
         NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
+        NSA_TRACE_ADD(p.lse, threadIdx.x == 0, store_cyc, NSA_TRACE_CLOCK() - between0);
       }
       if (lane == 0) mbar_arrive(full0 + FREED_BARRIERS + 8u * (u32)(k & 1));
       seq += (unsigned)cur.nu;
       if (next_item < items) {
         tile = query_tile<QTILE>(next_item, qtiles, p);
+        [[maybe_unused]] const long long r0 = NSA_TRACE_CLOCK();
         mbar_wait(ready0 + 8u * (u32)((k + 1) & 1), (u32)((k >> 1) & 1));  // build k of buffer (k + 1) % 2
+        NSA_TRACE_ADD(p.lse, threadIdx.x == 0, ready_cyc, NSA_TRACE_CLOCK() - r0);
         if (warp < QTILE) {
           group_sync(warp >> 2);  // with one Q tile: the group's last wgmma has read it before any warp rewrites it
           core.use_q_tile(q_tile_of(k + 1));
           if (!next_q_issued && warp < tile.nq) issue_q(tile);
           next_q_issued = false;
+          NSA_TRACE_ADD(p.lse, threadIdx.x == 0, between_cyc, NSA_TRACE_CLOCK() - between0);
         }
       }
     }

@@ -204,6 +204,20 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[16][4], const u32 (
 }
 #undef NSA_WG_D4
 
+// ---- shared memory by address ------------------------------------------------------------------
+
+__device__ __forceinline__ void st_shared_u32(u32 addr, u32 v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint4 ld_shared_u32x4(u32 addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+
 // ---- conversions -------------------------------------------------------------------------------
 
 /// Two floats rounded to nearest-even into one register: `lo` in bits 0-15, `hi` in 16-31.

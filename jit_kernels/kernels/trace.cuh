@@ -20,9 +20,9 @@
 // is stamped with NSA_TRACE_ENTRY and its last stamp with NSA_TRACE_EXIT.
 #pragma once
 
-#define NSA_TRACE_SLOTS 16
-#define NSA_TRACE_GT_ENTRY 14  // %globaltimer at the CTA's entry stamp
-#define NSA_TRACE_GT_EXIT 15   // and at its exit stamp
+#define NSA_TRACE_SLOTS 24
+#define NSA_TRACE_GT_ENTRY 22  // %globaltimer at the CTA's entry stamp
+#define NSA_TRACE_GT_EXIT 23   // and at its exit stamp
 
 // decode_stream: entry (thread 0), the row's block list built, the producer's first and last
 // copies issued, consumer 0's first block landed, the row's last block landed and computed (by
@@ -34,12 +34,17 @@
       X(consumed) X(stashed) X(merged) X(stored) X(wait_cyc) X(compute_cyc)
 
 // prefill_group (one group per CTA): entry, the union built, the group's Q landed, the first
-// K landed, the last block's P V retired, the rows stored; and per block of the group's loop
-// (warp 0, lane 0), cycles summed over the tile: waiting for K and V, issuing S and P V up to
-// S retired, the softmax, waiting for the P V, packing P and rescaling O.
+// K landed, the last block's P V retired, the rows stored; per block of the group's loop (warp
+// 0, lane 0), cycles summed over the tile: waiting for K and V, issuing S and P V up to S
+// retired, the softmax, waiting for the P V, packing P and rescaling O; and per tile, the cycles
+// of the tile's first block and last P V (outside that loop: the first K and Q waited for, no
+// overlap) and, with persist = 1, between two tiles (the store, the next union waited for, the
+// next Q issued), of which the store and the wait for the next union; and the builder warp's
+// cycles waiting for a union buffer to be freed and building unions.
 #define NSA_PREFILL_GROUP_TRACE(X)                                                                           \
   X(entry) X(union_built) X(q_landed) X(first_k) X(last_pv) X(stored) X(ring_wait_cyc) X(s_cyc) X(softmax_cyc) \
-      X(pv_wait_cyc) X(pack_cyc) X(blocks)
+      X(pv_wait_cyc) X(pack_cyc) X(blocks) X(edge_cyc) X(between_cyc) X(store_cyc) X(ready_cyc) X(freed_cyc)  \
+          X(build_cyc)
 
 // prefill_stream: entry, the union built, consumer 0's first own block landed and its last
 // computed, the rows stored; and consumer 0's cycles summed over the tile: waiting for the ring
