@@ -193,7 +193,8 @@ def measure(case, bench_docs, torch_docs, meta, cases):
         if sparse:
             best = min(sparse, key=lambda v: v["median_us"])
             m["best"] = {"variant": label_of(best["variant"]), "key": best["variant"], "median_us": best["median_us"],
-                         "p10_us": best.get("p10_us"), "p90_us": best.get("p90_us"), "rel_l2": best.get("rel_l2")}
+                         "p10_us": best.get("p10_us"), "p90_us": best.get("p90_us"), "rel_l2": best.get("rel_l2"),
+                         "launch_floor_us": best.get("launch_floor_us")}
         base_ok = [v for v in variants if v.get("design") == "sdpa_packed" and v.get("status") == "ok"]
         base_skip = [v for v in variants if v.get("design") == "sdpa_packed" and v.get("status") != "ok"]
         if base_ok:
@@ -238,8 +239,11 @@ def measure(case, bench_docs, torch_docs, meta, cases):
         m["useful_tflops"] = case.useful_flops() / (med * 1e-6) / 1e12
         if case.phase == "decode" and m.get("copy_gbps") and m.get("min_bytes"):
             fl = m["min_bytes"] / (m["copy_gbps"] * 1e9) * 1e6
-            m["floor"] = {"us": fl, "bound": "HBM",
-                          "text": f"HBM {fl:.1f} us ({m['min_bytes'] / 1e6:.1f} MB at copy BW)"}
+            text = f"HBM {fl:.1f} us ({m['min_bytes'] / 1e6:.1f} MB at copy BW)"
+            launch = m["best"].get("launch_floor_us")
+            if launch is not None:  # (absent from an older binary's JSON)
+                text += f"; its launch alone {launch:.1f} us"
+            m["floor"] = {"us": fl, "bound": "HBM", "text": text}
             m["hbm_fraction"] = fl / med
         elif case.phase == "prefill":
             peak, _ = compute_ceiling(meta, meta.get("device_name"))
@@ -461,7 +465,9 @@ def build_report(out_dir, cases=None):
                  "of forms x backends that matched an fp32 attention ([form/backend], '/mask' when rows have fewer "
                  "visible keys than n*block, i.e. prefill); ratio = our attention part / torch's.")
     lines.append("- floor: decode: the bytes a kernel must move (selected K/V + Q + O + LSE + block_idx) at the "
-                 "measured copy bandwidth (HBM). Prefill: the larger of the useful FLOPs at the compute ceiling above "
+                 "measured copy bandwidth (HBM), and the best variant's launch alone (its plan with empty kernels of "
+                 "the same grid, block, shared memory, parameters and cluster width, timed the same way): no "
+                 "kernel launched so is timed below it. Prefill: the larger of the useful FLOPs at the compute ceiling above "
                  "and the selected K/V bytes (counted per (b, g, t) row) at the measured L2 read bandwidth; "
                  "a design that reuses blocks across rows (prefill_shared, prefill_stream, prefill_group) can beat the L2 floor "
                  "(fraction > 100%).")

@@ -382,6 +382,11 @@ DriverResult<PreparedPlan> PreparedPlan::prepare(const Module& module, const Lau
     if (api().func_get_attribute != nullptr &&
         api().func_get_attribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, *f) == CUDA_SUCCESS)
       p.m_registers = std::max(p.m_registers, regs);
+    int cluster = 0;
+    if (api().func_get_attribute == nullptr ||
+        api().func_get_attribute(&cluster, CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH, *f) != CUDA_SUCCESS)
+      cluster = 0;
+    p.m_cluster_widths.push_back(cluster);
     p.m_functions.push_back(*f);
   }
   return p;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <memory>
@@ -182,6 +183,19 @@ extern "C" __global__ void __launch_bounds__(512) bench_l2_read(const uint4* buf
 }
 )";
 
+// Keeps the GPU busy for `ns` nanoseconds (one thread reading %globaltimer): launched before a
+// run of timed launches that are shorter than the host's cost of issuing them, so that the host
+// has queued them all before the first runs and the event pairs time the GPU, not the host.
+constexpr const char* kSpinSource = R"(
+extern "C" __global__ void bench_spin(unsigned long long ns) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+)";
+
 /// A benchmark helper kernel compiled with NVRTC once per (entry, arch) and kept loaded for the
 /// life of the process.
 jit::DriverResult<CUfunction> helper_kernel(const char* source, const std::string& entry, const std::string& arch) {
@@ -214,11 +228,15 @@ jit::DriverResult<CUfunction> helper_kernel(const char* source, const std::strin
   return k.function;
 }
 
+struct NoPrelude {
+  jit::DriverResult<void> operator()() const { return {}; }
+};
+
 /// Times `runs` launches of `launch_once` with an event pair around each, after `warmup`
-/// untimed ones; seconds per launch.
-template <class F>
+/// untimed ones and then `prelude` (enqueued before the first timed pair); seconds per launch.
+template <class F, class Prelude = NoPrelude>
 jit::DriverResult<std::vector<double>> time_launches(F&& launch_once, const jit::Stream& stream, int runs,
-                                                     int warmup) {
+                                                     int warmup, Prelude prelude = {}) {
   std::vector<jit::Event> starts, ends;
   for (int i = 0; i < runs; ++i) {
     auto a = jit::Event::create();
@@ -230,6 +248,7 @@ jit::DriverResult<std::vector<double>> time_launches(F&& launch_once, const jit:
   }
   for (int w = 0; w < warmup; ++w)
     if (auto r = launch_once(); !r) return std::unexpected(r.error());
+  if (auto r = prelude(); !r) return std::unexpected(r.error());
   for (int i = 0; i < runs; ++i) {
     if (auto r = starts[i].record(stream); !r) return std::unexpected(r.error());
     if (auto r = launch_once(); !r) return std::unexpected(r.error());
@@ -264,10 +283,101 @@ jit::DriverResult<void> fill_normal_on_device(CUdeviceptr ptr, std::uint64_t cou
   return jit::launch_raw(*function, l, {&args.out, &args.count, &args.seed, &args.bf16}, stream, "bench_fill_normal");
 }
 
+std::string empty_launch_entry(int maps, int cluster) {
+  return "bench_empty_launch_m" + std::to_string(maps) + "_c" + std::to_string(std::max(cluster, 1));
+}
+
+std::string empty_launch_source(int maps, int cluster) {
+  static_assert(sizeof(SelectionParams) % 8 == 0 && alignof(SelectionParams) == 8,
+                "the empty launch's parameter block mirrors SelectionParams as 8-byte words");
+  std::ostringstream src;
+  src << "struct __align__(8) NsaParams { unsigned long long w[" << sizeof(SelectionParams) / 8 << "]; };\n"
+      << "struct __align__(64) NsaMap { unsigned long long opaque[16]; };\n"
+      << "extern \"C\" __global__ void ";
+  if (cluster > 1) src << "__cluster_dims__(" << cluster << ", 1, 1) ";
+  src << empty_launch_entry(maps, cluster) << "(const __grid_constant__ NsaParams p";
+  for (int m = 0; m < maps; ++m) src << ", const __grid_constant__ NsaMap m" << m;
+  src << ") {}\n";
+  return src.str();
+}
+
+jit::DriverResult<double> measure_launch_floor_us(const jit::LaunchPlan& plan, std::span<const int> cluster_widths,
+                                                  const SelectionParams& params, const std::string& arch,
+                                                  const jit::Stream& stream, int runs, int warmup) {
+  // One module per empty kernel, compiled once per process and kept loaded.
+  static std::mutex mutex;
+  static std::map<std::string, jit::Module> modules;
+  jit::LaunchPlan empty = plan;
+  empty.workspace_bytes = 0;  // no empty kernel touches it
+  std::vector<const jit::Module*> used;
+  {
+    std::lock_guard lock(mutex);
+    for (std::size_t i = 0; i < empty.launches.size(); ++i) {
+      const int maps = static_cast<int>(empty.launches[i].tensor_maps.size());
+      const int cluster = i < cluster_widths.size() ? cluster_widths[i] : 0;
+      const std::string entry = empty_launch_entry(maps, cluster);
+      empty.launches[i].entry = entry;
+      auto at = modules.find(entry + "." + arch);
+      if (at == modules.end()) {
+        auto cubin = jit::compile_source_to_cubin(empty_launch_source(maps, cluster), entry + ".cu", arch, entry);
+        if (!cubin) {
+          jit::DriverError e;
+          e.call = "nvrtcCompileProgram";
+          e.result = CUDA_ERROR_INVALID_SOURCE;
+          e.result_name = "CUDA_ERROR_INVALID_SOURCE";
+          e.variant = entry;
+          e.detail = cubin.error().message() + "\n" + cubin.error().log;
+          return std::unexpected(e);
+        }
+        auto module = jit::Module::load(cubin->image, entry + "." + arch);
+        if (!module) return std::unexpected(module.error());
+        at = modules.emplace(entry + "." + arch, std::move(*module)).first;
+      }
+      used.push_back(&at->second);
+    }
+  }
+  // A plan's launches may need different empty kernels: each is prepared from its own module.
+  std::vector<jit::PreparedPlan> prepared;
+  for (std::size_t i = 0; i < empty.launches.size(); ++i) {
+    jit::LaunchPlan one;
+    one.launches = {empty.launches[i]};
+    auto p = jit::PreparedPlan::prepare(*used[i], one);
+    if (!p) return std::unexpected(p.error());
+    prepared.push_back(std::move(*p));
+  }
+  // An empty launch takes the GPU less time than the host takes to issue it (two event records,
+  // the tensor maps encoded, the launch): timed back to back from an idle GPU, the pairs measured
+  // the host, 3.1-12.9 us over the settings of one decode shape on the H200 (v14). So the timed
+  // pairs are queued behind a spin of ~25 us each.
+  auto spin = helper_kernel(kSpinSource, "bench_spin", arch);
+  if (!spin) return std::unexpected(spin.error());
+  jit::Launch one_thread;
+  one_thread.entry = "bench_spin";
+  one_thread.block[0] = 1;
+  std::uint64_t spin_ns = 200000 + 25000ull * static_cast<std::uint64_t>(std::max(runs, 1));
+  auto seconds = time_launches(
+      [&]() -> jit::DriverResult<void> {
+        for (const auto& p : prepared)
+          if (auto r = p.launch(params, stream); !r) return r;
+        return {};
+      },
+      stream, runs, warmup, [&] { return jit::launch_raw(*spin, one_thread, {&spin_ns}, stream, "bench_spin"); });
+  if (!seconds) return std::unexpected(seconds.error());
+  return summarize(*seconds).median * 1e6;
+}
+
 std::optional<std::string> helper_kernels_compile_error(const std::string& arch) {
-  for (auto [source, entry] : {std::pair{kFillSource, "bench_fill_normal"}, std::pair{kL2ReadSource, "bench_l2_read"}}) {
+  for (auto [source, entry] : {std::pair{kFillSource, "bench_fill_normal"}, std::pair{kL2ReadSource, "bench_l2_read"},
+                                std::pair{kSpinSource, "bench_spin"}}) {
     auto cubin = jit::compile_source_to_cubin(source, std::string(entry) + ".cu", arch, entry);
     if (!cubin) return std::string(entry) + ": " + cubin.error().message() + "\n" + cubin.error().log;
+  }
+  const bool clusters = arch.size() >= 5 && arch.compare(0, 3, "sm_") == 0 && std::atoi(arch.c_str() + 3) >= 90;
+  for (auto [maps, cluster] : {std::pair{0, 0}, std::pair{2, 0}, std::pair{2, 4}}) {
+    if (cluster > 1 && !clusters) continue;  // thread-block clusters need sm_90
+    const std::string entry = empty_launch_entry(maps, cluster);
+    auto cubin = jit::compile_source_to_cubin(empty_launch_source(maps, cluster), entry + ".cu", arch, entry);
+    if (!cubin) return entry + ": " + cubin.error().message() + "\n" + cubin.error().log;
   }
   return std::nullopt;
 }

@@ -71,8 +71,26 @@ jit::DriverResult<double> measure_copy_bandwidth(std::size_t bytes, const jit::S
 jit::DriverResult<double> measure_l2_read_bandwidth(std::size_t bytes, const std::string& arch, int sm_count,
                                                     const jit::Stream& stream, int runs = 20);
 
-/// Compiles the benchmark's helper kernels (fill, L2 read) with NVRTC for `arch` without loading
-/// them (no GPU needed): nullopt, or the first compile error with its log.
+/// The empty kernel that stands in for a selection kernel launch with `maps` tensor maps and a
+/// compiled-in cluster width `cluster` (<= 1: none): the same parameters (SelectionParams by
+/// value, then the maps, 64-byte aligned) and no body. Its source and entry name.
+std::string empty_launch_source(int maps, int cluster);
+std::string empty_launch_entry(int maps, int cluster);
+
+/// The launch floor of `plan` on this device: every launch replaced by the empty kernel of its
+/// parameters and cluster width (`cluster_widths[i]`, LoadedVariant::cluster_width) with the
+/// same grid, block and dynamic shared memory, its tensor maps encoded from `params`, timed as
+/// the variants are (an event pair around the plan, median of `runs` after `warmup`), in
+/// microseconds: what the benchmark's timing of any kernel launched so cannot go below. The
+/// timed launches are queued behind a spinning kernel, so that the pairs time the GPU's side of
+/// the launch and not the host's cost of issuing it.
+jit::DriverResult<double> measure_launch_floor_us(const jit::LaunchPlan& plan, std::span<const int> cluster_widths,
+                                                  const SelectionParams& params, const std::string& arch,
+                                                  const jit::Stream& stream, int runs = 20, int warmup = 3);
+
+/// Compiles the benchmark's helper kernels (fill, L2 read, spin, the empty launches of 0 and 2
+/// tensor maps, with and without a cluster) with NVRTC for `arch` without loading them (no GPU
+/// needed): nullopt, or the first compile error with its log.
 std::optional<std::string> helper_kernels_compile_error(const std::string& arch);
 
 /// rel_l2 and the count of non-finite results (where the reference is finite, or not matching a

@@ -13,7 +13,10 @@
 //      also as a fraction of the measured device-to-device copy bandwidth (read + write);
 //   5. the SDPA baseline's two kernels are also timed alone (baseline_parts): the gather on the
 //      rotated inputs, and the dense attention re-reading one packed workspace run after run
-//      (what PyTorch's SDPA on already-packed tensors is timed on, bench/torch_baselines.py).
+//      (what PyTorch's SDPA on already-packed tensors is timed on, bench/torch_baselines.py);
+//   6. the variant's launch floor ("launch us"): its plan with every kernel replaced by an empty
+//      one of the same grid, block, shared memory, parameters and cluster width, timed the same
+//      way (bench_support.hpp: measure_launch_floor_us): what no kernel launched so can beat.
 // The L2 read ceiling (all SMs re-reading a buffer that fits in L2) is measured next to the copy
 // ceiling. A variant whose workspace does not fit in free device memory is skipped with the
 // reason (status "skipped"); the other variants still run.
@@ -67,6 +70,9 @@ struct Row {
   double gather_us = NAN, attention_us = NAN;
   std::string parts_error;
   double median_us = 0, p10_us = 0, p90_us = 0;
+  // The launch floor of the variant's plan (bench::measure_launch_floor_us; NAN: not measured).
+  double launch_us = NAN;
+  std::string launch_error;
   double gbps = 0, bw_fraction = 0, tflops = 0;
   double rel_l2 = NAN;
   std::int64_t nan_count = 0;
@@ -120,14 +126,16 @@ void print_table(const bench::ShapeSpec& spec, jit::SelectionPattern pattern, co
   std::printf("\n%s, pattern %s: %.1f MB useful K/V, %.2f GFLOP, %d input cop%s rotated, copy ceiling %.0f GB/s\n",
               spec.describe().c_str(), std::string(to_string(pattern)).c_str(), work.kv_bytes / 1e6, work.flops / 1e9,
               copies, copies == 1 ? "y" : "ies", copy_gbps);
-  std::printf("%-44s %10s %9s %9s %6s %8s %9s %8s %5s %s\n", "variant", "median us", "spread", "GB/s", "of BW",
-              "TFLOP/s", "rel_l2", "vs sdpa", "regs", "status");
+  std::printf("%-44s %10s %9s %9s %9s %6s %8s %9s %8s %5s %s\n", "variant", "median us", "spread", "launch us",
+              "GB/s", "of BW", "TFLOP/s", "rel_l2", "vs sdpa", "regs", "status");
   for (const auto& r : rows) {
     if (unmeasured(r)) {
-      std::printf("%-44s %10s %9s %9s %6s %8s %9s %8s %5s %s: %s\n", r.label.c_str(), "-", "-", "-", "-", "-", "-", "-",
-                  "-", r.status.c_str(), r.error.c_str());
+      std::printf("%-44s %10s %9s %9s %9s %6s %8s %9s %8s %5s %s: %s\n", r.label.c_str(), "-", "-", "-", "-", "-", "-",
+                  "-", "-", "-", r.status.c_str(), r.error.c_str());
       continue;
     }
+    char launch[16] = "-";
+    if (!std::isnan(r.launch_us)) std::snprintf(launch, sizeof launch, "%.1f", r.launch_us);
     char vs[16] = "-";
     if (baseline_us > 0) std::snprintf(vs, sizeof vs, "%.2fx", baseline_us / r.median_us);
     std::string note;
@@ -137,9 +145,10 @@ void print_table(const bench::ShapeSpec& spec, jit::SelectionPattern pattern, co
         std::snprintf(parts, sizeof parts, ": gather %.1f + attention %.1f us alone", r.gather_us, r.attention_us);
       note = std::string(" (baseline") + parts + (r.parts_error.empty() ? "" : "; parts not timed: " + r.parts_error) + ")";
     }
-    std::printf("%-44s %10.1f %9.1f %9.0f %5.0f%% %8.1f %9.2e %8s %5d %s%s\n", r.label.c_str(), r.median_us,
-                r.p90_us - r.p10_us, r.gbps, 100 * r.bw_fraction, r.tflops, r.rel_l2, vs, r.registers, r.status.c_str(),
-                note.c_str());
+    if (!r.launch_error.empty()) note += " (launch floor not timed: " + r.launch_error + ")";
+    std::printf("%-44s %10.1f %9.1f %9s %9.0f %5.0f%% %8.1f %9.2e %8s %5d %s%s\n", r.label.c_str(), r.median_us,
+                r.p90_us - r.p10_us, launch, r.gbps, 100 * r.bw_fraction, r.tflops, r.rel_l2, vs, r.registers,
+                r.status.c_str(), note.c_str());
   }
 }
 
@@ -488,6 +497,18 @@ int main(int argc, char** argv) {
         row.bw_fraction = row.gbps / copy_gbps;
         row.tflops = work.flops / (sum.median * 1e-6) / 1e12;
         if (v.design == jit::Design::sdpa_packed) time_baseline_parts(row, *lv, params, *stream, time_runs);
+        // The same plan of empty kernels, timed the same way: the part of the median that is
+        // the launch as this timing sees it (a stand-alone empty kernel of decode B=16's launch
+        // shape took 3.7 us on the H200: docs/performance.md v14).
+        std::vector<int> clusters;
+        for (std::size_t i = 0; i < lv->plan().launches.size(); ++i) clusters.push_back(lv->cluster_width(i));
+        if (auto floor = bench::measure_launch_floor_us(lv->plan(), clusters, params[0], dev.arch, *stream, opt.runs,
+                                                        opt.warmup)) {
+          row.launch_us = *floor;
+        } else {
+          if (floor.error().sticky) die(floor.error().message(), 4);
+          row.launch_error = floor.error().message();
+        }
         rows.push_back(row);
       }
 
@@ -504,6 +525,7 @@ int main(int argc, char** argv) {
                          {"gbps", r.gbps},
                          {"bw_fraction", r.bw_fraction},
                          {"tflops", r.tflops},
+                         {"launch_floor_us", std::isnan(r.launch_us) ? json(nullptr) : json(r.launch_us)},
                          {"rel_l2", std::isnan(r.rel_l2) ? json(nullptr) : json(r.rel_l2)},
                          {"nan_count", r.nan_count},
                          {"registers", r.registers},

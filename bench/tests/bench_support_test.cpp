@@ -102,6 +102,21 @@ TEST(BenchCompareBits, AgreesWithJitCompareOnAnyThreadCount) {
   EXPECT_EQ(bench::compare_bits(std::vector<std::uint16_t>(8, 0), jit::ElemType::bf16, zeros).rel_l2, 0);
 }
 
+TEST(BenchHelperKernels, EmptyLaunchTakesASelectionKernelsParametersAndCluster) {
+  // SelectionParams by value (as 8-byte words), then each tensor map, 64-byte aligned; the
+  // cluster width compiled in only where there is one.
+  const std::string plain = bench::empty_launch_source(0, 0);
+  EXPECT_NE(plain.find("w[" + std::to_string(sizeof(SelectionParams) / 8) + "]"), std::string::npos) << plain;
+  EXPECT_EQ(plain.find("__cluster_dims__"), std::string::npos) << plain;
+  EXPECT_EQ(plain.find("NsaMap m0"), std::string::npos) << plain;
+  EXPECT_NE(plain.find(bench::empty_launch_entry(0, 0) + "("), std::string::npos) << plain;
+  const std::string tma = bench::empty_launch_source(2, 4);
+  EXPECT_NE(tma.find("__cluster_dims__(4, 1, 1)"), std::string::npos) << tma;
+  EXPECT_NE(tma.find("NsaMap m0, const __grid_constant__ NsaMap m1)"), std::string::npos) << tma;
+  EXPECT_NE(bench::empty_launch_entry(2, 4), bench::empty_launch_entry(2, 0));
+  EXPECT_EQ(bench::empty_launch_entry(2, 1), bench::empty_launch_entry(2, 0));  // width 1 is no cluster
+}
+
 TEST(BenchHelperKernels, CompileWithNvrtc) {
   for (const char* arch : {"sm_80", "sm_90"}) {
     const auto error = bench::helper_kernels_compile_error(arch);

@@ -145,6 +145,10 @@ class RenderFromJson(unittest.TestCase):
         self.assertIn(">= 2x torch packed: 8.6x", b128[10])  # against the faster torch form (900 us)
         self.assertEqual(b128[11], "yes")
 
+        self.assertNotIn("launch alone", b128[8])  # a row without launch_floor_us (an older binary)
+        b16 = by_case[("decode B=16 T_kv=32768, D_qk=D_v=128", "random")]
+        self.assertIn("; its launch alone 3.7 us", b16[8])  # the best variant's launch_floor_us
+
         b1 = by_case[("decode B=1 T_kv=32768, D_qk=D_v=128", "random")]
         self.assertEqual(b1[2], "split_kv split8_warps4_tile64_stages2")  # the faster numerics_failed row is not counted
         self.assertEqual(b1[11], "NO (dense part <= 1.25x torch)")

@@ -196,10 +196,15 @@ class PreparedPlan {
   /// (CU_FUNC_ATTRIBUTE_NUM_REGS): the count that runs, whatever the compile log said; 0 when
   /// the driver could not say.
   int registers() const { return m_registers; }
+  /// The thread-block cluster width launch `index` runs with (compiled in with
+  /// __cluster_dims__: CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH), 0 for none or when the driver
+  /// could not say.
+  int cluster_width(std::size_t index) const { return index < m_cluster_widths.size() ? m_cluster_widths[index] : 0; }
 
  private:
   LaunchPlan m_plan;
   std::vector<CUfunction> m_functions;
+  std::vector<int> m_cluster_widths;
   int m_registers = 0;
   std::string m_variant;
 };

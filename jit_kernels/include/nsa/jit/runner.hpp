@@ -100,6 +100,8 @@ class LoadedVariant {
   const LaunchPlan& plan() const { return m_prepared.plan(); }
   /// Registers a thread of the variant's kernels uses, from the driver (PreparedPlan::registers).
   int registers() const { return m_prepared.registers(); }
+  /// The cluster width launch `index` of the plan runs with (PreparedPlan::cluster_width).
+  int cluster_width(std::size_t index) const { return m_prepared.cluster_width(index); }
 
  private:
   LoadedVariant(KernelVariant v, Module m, PreparedPlan p, DeviceBuffer w)
