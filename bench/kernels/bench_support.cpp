@@ -196,6 +196,23 @@ extern "C" __global__ void bench_spin(unsigned long long ns) {
 }
 )";
 
+/// `source` compiled with NVRTC for `arch` and loaded (a compile error as a DriverError naming
+/// `entry`, with NVRTC's log in its detail).
+jit::DriverResult<jit::Module> load_helper_module(const std::string& source, const std::string& entry,
+                                                  const std::string& arch) {
+  auto cubin = jit::compile_source_to_cubin(source, entry + ".cu", arch, entry);
+  if (!cubin) {
+    jit::DriverError e;
+    e.call = "nvrtcCompileProgram";
+    e.result = CUDA_ERROR_INVALID_SOURCE;
+    e.result_name = "CUDA_ERROR_INVALID_SOURCE";
+    e.variant = entry;
+    e.detail = cubin.error().message() + "\n" + cubin.error().log;
+    return std::unexpected(e);
+  }
+  return jit::Module::load(cubin->image, entry + "." + arch);
+}
+
 /// A benchmark helper kernel compiled with NVRTC once per (entry, arch) and kept loaded for the
 /// life of the process.
 jit::DriverResult<CUfunction> helper_kernel(const char* source, const std::string& entry, const std::string& arch) {
@@ -208,17 +225,7 @@ jit::DriverResult<CUfunction> helper_kernel(const char* source, const std::strin
   std::lock_guard lock(mutex);
   auto& k = kernels[entry + "." + arch];
   if (!k.module) {
-    auto cubin = jit::compile_source_to_cubin(source, entry + ".cu", arch, entry);
-    if (!cubin) {
-      jit::DriverError e;
-      e.call = "nvrtcCompileProgram";
-      e.result = CUDA_ERROR_INVALID_SOURCE;
-      e.result_name = "CUDA_ERROR_INVALID_SOURCE";
-      e.variant = entry;
-      e.detail = cubin.error().message() + "\n" + cubin.error().log;
-      return std::unexpected(e);
-    }
-    auto module = jit::Module::load(cubin->image, entry + "." + arch);
+    auto module = load_helper_module(source, entry, arch);
     if (!module) return std::unexpected(module.error());
     auto f = module->function(entry);
     if (!f) return std::unexpected(f.error());
@@ -319,17 +326,7 @@ jit::DriverResult<double> measure_launch_floor_us(const jit::LaunchPlan& plan, s
       empty.launches[i].entry = entry;
       auto at = modules.find(entry + "." + arch);
       if (at == modules.end()) {
-        auto cubin = jit::compile_source_to_cubin(empty_launch_source(maps, cluster), entry + ".cu", arch, entry);
-        if (!cubin) {
-          jit::DriverError e;
-          e.call = "nvrtcCompileProgram";
-          e.result = CUDA_ERROR_INVALID_SOURCE;
-          e.result_name = "CUDA_ERROR_INVALID_SOURCE";
-          e.variant = entry;
-          e.detail = cubin.error().message() + "\n" + cubin.error().log;
-          return std::unexpected(e);
-        }
-        auto module = jit::Module::load(cubin->image, entry + "." + arch);
+        auto module = load_helper_module(empty_launch_source(maps, cluster), entry, arch);
         if (!module) return std::unexpected(module.error());
         at = modules.emplace(entry + "." + arch, std::move(*module)).first;
       }
