@@ -33,9 +33,8 @@
 // has usually landed.
 //
 // Each consumer keeps its own online-softmax state (m, l, O for the row's h <= 16 heads, a
-// one-warp AttentionCore with Q fragments in registers). At the end the consumers fold their
-// states into one through a shared relay slot in the order they finish (fold_state), so that the
-// consumers done first have folded theirs while the last block is still computed.
+// one-warp AttentionCore with Q fragments in registers). At the end the consumers' states are
+// merged through shared memory (overlaying the ring), as the engine merges its column groups.
 //
 // Numerics are those of the other designs: scores scaled into the log2 domain, online softmax in
 // fp32, P rounded to the input dtype for P V, O normalised once at the end; a row that sees no key
@@ -182,85 +181,29 @@ __device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long
   NSA_TRACE_ADD(trace, c == 0 && lane == 0, compute_cyc, compute_cyc);
 }
 
-/// The consumers' relay slot (nsa_layout::decode_stream_relay_bytes): where they fold their
-/// states into one at the end of an item.
-struct Relay {
-  u32 bar0;     // CONSUMERS - 1 mbarriers of 32 arrivals: bar t - 1 completes when ticket t may fold
-  int* ticket;  // the next ticket: consumers take them in the order they finish
-  float* ml;    // m and l of the 16 rows
-  float* o;     // their O, [16][OSTR] fp32, relative to m
-};
-
-/// Consumer warp c's end of an item, after its last block. The consumers fold their states into
-/// one, one after the other in the order they finish (ticket t = 0, 1, ...): ticket 0 writes its
-/// state into the relay slot; ticket t > 0 waits until ticket t - 1's result is there, folds the
-/// slot into its registers (m = max, O and l weighted by 2^(m_i - m), as merge_partials does)
-/// and, but the last, writes the result back. The last ticket hands the row's state, in the MMA C
-/// layout (rows g and g + 8 of lane g * 4 + q, columns dt * 8 + 2q, +1; m and l per row), to
-/// `emit`. The consumers that own the row's earlier blocks finish while the last block is
-/// still being computed, so what follows its computation is one fold and the stores, not the
-/// stash, a CTA barrier and a merge of every consumer's state (docs/performance.md, v14).
-/// `parity`: the item's parity among this CTA's items (each relay barrier completes once an item).
-template <class Emit>
-__device__ __forceinline__ void fold_state(Core& core, const Relay& relay, unsigned parity,
-                                           [[maybe_unused]] unsigned long long trace, Emit emit) {
+/// Consumer warp c writes its state to the merge buffer: O rows [c][16][OSTR] (fp32), then (m, l)
+/// per row at ml[(c * 16 + row) * 2]. l is summed over the quad first (each lane holds the sum
+/// over its own columns).
+__device__ __forceinline__ void stash_state(const Core& core, float* merge_o, float* merge_ml, int c) {
   const int lane = core.lane;
   const int g = lane >> 2, c2 = (lane & 3) * 2;
-  int t = 0;
-  if (lane == 0) t = atomicAdd(relay.ticket, 1);
-  t = __shfl_sync(0xffffffffu, t, 0);
-  float m[2], l[2];
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    m[hf] = core.m_run[0][hf];
-    l[hf] = core.l_run[0][hf];  // each lane's sum over its own columns: summed over the quad
-    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 1);
-    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 2);
-  }
-  if (t > 0) {
-    mbar_wait(relay.bar0 + 8u * (t - 1), parity);
-    float ms[2], ls[2];
+    float l = core.l_run[0][hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int r = g + hf * 8;
+    float* dst = merge_o + (c * 16 + r) * OSTR;
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      ms[hf] = relay.ml[(g + 8 * hf) * 2];
-      ls[hf] = relay.ml[(g + 8 * hf) * 2 + 1];
+    for (int dt = 0; dt < DV / 8; ++dt) {
+      dst[dt * 8 + c2] = core.o[0][dt][2 * hf];
+      dst[dt * 8 + c2 + 1] = core.o[0][dt][2 * hf + 1];
     }
-    __syncwarp();  // every lane has read its rows' (m, l) before the quads' first lanes rewrite them
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      // A consumer that computed nothing has m = -inf, l = 0 and O = 0: it weighs nothing.
-      const float mx = fmaxf(ms[hf], m[hf]);
-      const float base = mx == NSA_NEG_INF ? 0.f : mx;
-      const float ws = fast_exp2(ms[hf] - base), wo = fast_exp2(m[hf] - base);
-      l[hf] = ws * ls[hf] + wo * l[hf];
-      m[hf] = mx;
-      const float* src = relay.o + (g + 8 * hf) * OSTR + c2;
-#pragma unroll
-      for (int dt = 0; dt < DV / 8; ++dt) {
-        const float2 x = *reinterpret_cast<const float2*>(src + dt * 8);
-        core.o[0][dt][2 * hf] = ws * x.x + wo * core.o[0][dt][2 * hf];
-        core.o[0][dt][2 * hf + 1] = ws * x.y + wo * core.o[0][dt][2 * hf + 1];
-      }
-    }
-  }
-  if (t == CONSUMERS - 1) {
-    emit(m, l);
-    NSA_TRACE_STAMP(trace, lane == 0, last_folded);
-    return;
-  }
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    float* dst = relay.o + (g + 8 * hf) * OSTR + c2;
-#pragma unroll
-    for (int dt = 0; dt < DV / 8; ++dt)
-      *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(core.o[0][dt][2 * hf], core.o[0][dt][2 * hf + 1]);
     if ((lane & 3) == 0) {
-      relay.ml[(g + 8 * hf) * 2] = m[hf];
-      relay.ml[(g + 8 * hf) * 2 + 1] = l[hf];
+      merge_ml[(c * 16 + r) * 2] = core.m_run[0][hf];
+      merge_ml[(c * 16 + r) * 2 + 1] = l;
     }
   }
-  NSA_TRACE_STAMP(trace, lane == 0 && t == 0, first_folded);
-  mbar_arrive(relay.bar0 + 8u * t);  // every lane: each releases its own writes to the slot
 }
 
 }  // namespace
@@ -270,29 +213,22 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
   require_smem(nsa_layout::decode_stream_smem(DQK, DV, H, NSEL, BLK, CONSUMERS, STAGES, SPLIT, TMA));
   NSA_TRACE_ENTRY(p.lse, threadIdx.x == 0, entry);
   unsigned char* smem = dynamic_smem();
-  // [row list | barriers | partial (split > 1) | relay slot | Q | ring]
+  // [row list | barriers | partial (split > 1) | Q | ring (the merge buffer overlays it)]
   unsigned char* at = smem + nsa_layout::row_list_bytes(NSEL);
   const u32 full0 = smem_addr(at), empty0 = full0 + 8u * STAGES;
   at += nsa_layout::stream_barrier_bytes(STAGES);
   float* part = reinterpret_cast<float*>(at);
   at += SPLIT > 1 ? nsa_layout::split_partial_bytes(H, DV) : 0;
-  Relay relay;
-  relay.bar0 = smem_addr(at);
-  relay.ticket = reinterpret_cast<int*>(at + 8 * (CONSUMERS - 1));
-  relay.ml = reinterpret_cast<float*>(at + 8 * CONSUMERS);
-  relay.o = relay.ml + 16 * 2;
-  at += nsa_layout::decode_stream_relay_bytes(DV, CONSUMERS);
   elem_t* q_s = reinterpret_cast<elem_t*>(at);
   elem_t* k_ring = align_ring<TMA>(q_s + 16 * Core::QSTR);
   elem_t* v_ring = k_ring + STAGES * K_SLOT;
+  float* merge_o = reinterpret_cast<float*>(k_ring);
+  float* merge_ml = merge_o + CONSUMERS * 16 * OSTR;
   const int warp = threadIdx.x >> 5;
 
   // full[s] counts the producer lanes' cp.async arrivals, or the one TMA thread's arrival with
   // its byte count.
-  if (threadIdx.x == 0) {
-    init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)CONSUMERS, TMA);
-    for (int t = 0; t + 1 < CONSUMERS; ++t) mbar_init(relay.bar0 + 8u * t, 32u);
-  }
+  if (threadIdx.x == 0) init_ring(full0, empty0, STAGES, TMA ? 1u : (u32)PRODUCERS * 32u, (u32)CONSUMERS, TMA);
 #if NSA_KNOB_TMA
   if (threadIdx.x == CONSUMERS * 32) tma_prefetch_maps(&k_map, &v_map);  // the copying thread, during the row build
 #endif
@@ -308,7 +244,6 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
   // Blocks this CTA has streamed before the current item (it never wraps: a CTA takes
   // ceil(rows * SPLIT / grid.x) items of at most n blocks).
   unsigned seq = 0;
-  unsigned parity = 0;  // the item's parity among this CTA's items (the relay barriers' phase)
   for (long long item = blockIdx.x; item < rows * SPLIT; item += gridDim.x) {
     const long long rid = item / SPLIT;
     const int share = (int)(item % SPLIT);
@@ -325,7 +260,6 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
       }
       cp_async_commit();
     }
-    if (threadIdx.x == 0) *relay.ticket = 0;  // (the last item's tickets were taken before its end barrier)
     row.build(reinterpret_cast<int*>(smem), p, r);  // synchronises the CTA
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, row_built);
     const long long nb = (row.npos + BLK - 1) / BLK;
@@ -352,48 +286,40 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
       core.load_q_fragments();
       core.reset();
       consume(core, row, first, last, seq, full0, empty0, warp, scale_log2, p.lse);
-      elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
-      float* LSE = NSA_LSE_OUT(p);
-      float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
-      fold_state(core, relay, parity, p.lse, [&](const float (&m)[2], const float (&l)[2]) {
-        const int lane = core.lane;
-        const int g = lane >> 2, c2 = (lane & 3) * 2;
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int i = g + 8 * hf;  // rows past h (the tile's zero-filled padding heads) are not written
-          if (i >= H) continue;
-          if constexpr (SPLIT > 1) {
-            // This CTA's partial for the cluster merge (cluster_merge.cuh): O relative to m, m, l.
-#pragma unroll
-            for (int dt = 0; dt < DV / 8; ++dt)
-              *reinterpret_cast<float2*>(part + i * DV + dt * 8 + c2) =
-                  make_float2(core.o[0][dt][2 * hf], core.o[0][dt][2 * hf + 1]);
-            if ((lane & 3) == 0) {
-              part[H * DV + i] = m[hf];
-              part[H * DV + H + i] = l[hf];
-            }
-          } else {
-            // O = acc / l (0 for a row that saw no key), LSE = (m + log2 l) ln 2 (or -inf), as
-            // store_output_chunk writes them.
-            const float inv = l[hf] > 0.f ? 1.f / l[hf] : 0.f;
-            elem_t* dst = o_rows + (long long)i * DV + c2;
-#pragma unroll
-            for (int dt = 0; dt < DV / 8; ++dt)
-              *reinterpret_cast<u32*>(dst + dt * 8) = pack2(core.o[0][dt][2 * hf] * inv, core.o[0][dt][2 * hf + 1] * inv);
-            if (lse_rows != nullptr && (lane & 3) == 0)
-              lse_rows[(long long)i * p.t_q] = l[hf] > 0.f ? (m[hf] + log2f(l[hf])) * NSA_LN2 : NSA_NEG_INF;
-          }
-        }
-      });
     }
     seq += (unsigned)(last - first);
-    parity ^= 1u;
+    __syncthreads();  // every block has been computed: the merge buffer may overlay the ring
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, consumed);
+    if (warp < CONSUMERS) stash_state(core, merge_o, merge_ml, warp);
+    __syncthreads();
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, stashed);
+
+    // Merge the consumers' states per (head, 8-wide chunk of D_v): into this CTA's partial for
+    // the cluster merge (split > 1), or straight into O and LSE.
+    elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
+    float* LSE = NSA_LSE_OUT(p);
+    float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
+    for (int it = threadIdx.x; it < H * (DV / 8); it += THREADS) {
+      const int i = it / (DV / 8), ch = it % (DV / 8);
+      // A consumer that computed nothing has m = -inf, l = 0 and O = 0: it weighs nothing.
+      float acc[8], m, l;
+      merge_partials<CONSUMERS>([&](int c) { return merge_ml + (c * 16 + i) * 2; },
+                                [&](int c) { return merge_o + (c * 16 + i) * OSTR + ch * 8; }, acc, m, l);
+      if constexpr (SPLIT > 1) {
+        store_partial_chunk(part, i, ch, acc, m, l);
+      } else {
+        store_output_chunk(o_rows + (long long)i * DV,
+                           lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch, acc, m, l);
+      }
+    }
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, merged);
 #if NSA_KNOB_SPLIT > 1
     cluster_sync();  // every CTA's partial is written and visible cluster-wide
     merge_in_cluster<SPLIT, THREADS>(part, p, r);
     cluster_sync();  // no CTA leaves or rebuilds its partial while a peer may still read it
 #endif
-    __syncthreads();  // the row list, Q and the relay slot are reused by the next item
+    if constexpr (TMA) fence_proxy_async_shared();  // the merge buffer's bytes are the next item's TMA ring
+    __syncthreads();  // the row list, Q and the merge buffer are reused by the next item
     NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
   }
 }

@@ -168,21 +168,18 @@ NSA_HD constexpr long long prefill_group_smem(int dqk, int dv, int n, int block,
                                  prefill_group_q_tiles(dqk, dv, n, block, warps, stages, persist));
 }
 /// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the
-/// cluster merge), the consumers' relay slot (decode_stream_relay_bytes), the row's 16 Q rows,
-/// then the ring of `stages` whole blocks of K and V (from the next multiple of kTmaAlign when
-/// tma = 1). The relay slot is its own region, not an overlay of the ring: the consumers that
-/// finish first fold their states into it while the last block is still in the ring.
-/// The relay slot: an mbarrier per ticket after the first and the ticket counter (8 bytes each),
-/// then m and l of the 16 rows, then their fp32 O (row stride D_v + 8 floats: the float2 accesses
-/// of a half-warp, 4 rows by 4 lanes, fall in distinct banks).
-NSA_HD constexpr long long decode_stream_relay_bytes(int dv, int consumers) {
-  return round_up((long long)consumers * 8 + 16 * 2 * 4 + 16 * (dv + kPad) * 4, 128);
+/// cluster merge), the row's 16 Q rows, then the ring of `stages` whole blocks of K and V (from
+/// the next multiple of kTmaAlign when tma = 1), which the consumers' merge buffer (fp32 O rows
+/// of stride D_v + 8, then m and l, per consumer) overlays at the end.
+NSA_HD constexpr long long decode_stream_merge_bytes(int dv, int consumers) {
+  return (long long)consumers * 16 * ((dv + kPad) + 2) * 4;
 }
 NSA_HD constexpr long long decode_stream_smem(int dqk, int dv, int h, int n, int block, int consumers, int stages,
                                               int split, int tma) {
   return row_list_bytes(n) + stream_barrier_bytes(stages) + (split > 1 ? split_partial_bytes(h, dv) : 0) +
-         decode_stream_relay_bytes(dv, consumers) + q_tile_bytes(dqk, 1) + (tma ? kTmaAlign : 0) +
-         stages * ring_slot_bytes(dqk, dv, block, tma);
+         q_tile_bytes(dqk, 1) +
+         (tma ? kTmaAlign : 0) +
+         max_ll(stages * ring_slot_bytes(dqk, dv, block, tma), decode_stream_merge_bytes(dv, consumers));
 }
 /// reference: q (fp32), one score per thread of a 128-key chunk, 32 reduction slots.
 constexpr int kReferenceThreads = 128;

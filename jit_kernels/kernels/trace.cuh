@@ -26,13 +26,12 @@
 
 // decode_stream: entry (thread 0), the row's block list built, the producer's first and last
 // copies issued, consumer 0's first block landed, the row's last block landed and computed (by
-// the consumer that owns it), the first consumer to finish its state in the relay slot, the last
-// one's fold and stores done (of O, or of the partial with split > 1), the CTA done (after the
-// cluster merge with split > 1); and the cycles consumer 0 spends waiting for blocks and computing
-// them.
+// the consumer that owns it), every consumer done, their states stashed for the merge, thread 0's
+// share of the merge done, the row stored (after the cluster merge with split > 1); and the
+// cycles consumer 0 spends waiting for blocks and computing them.
 #define NSA_DECODE_STREAM_TRACE(X)                                                                        \
   X(entry) X(row_built) X(first_issued) X(first_landed) X(last_issued) X(last_landed) X(last_computed) \
-      X(first_folded) X(last_folded) X(stored) X(wait_cyc) X(compute_cyc)
+      X(consumed) X(stashed) X(merged) X(stored) X(wait_cyc) X(compute_cyc)
 
 // prefill_group (one group per CTA): entry, the union built, the group's Q landed, the first
 // K landed, the last block's P V retired, the rows stored; per block of the group's loop (warp
