@@ -187,27 +187,14 @@ __device__ __forceinline__ void produce_tma(const Union& un, int from, int to, u
                                             u32 k_ring, u32 v_ring, const TmaDescriptor* k_map,
                                             const TmaDescriptor* v_map, int g, int b) {
 #if NSA_PREFILL_GROUP
-  // K and V have slots and barriers of their own, and K runs one block ahead: K(j + 1) is issued
-  // before V(j). A consumer releases K(j) once j's S is retired but V(j) only after j's P V, in
-  // the next block's step; issued in block order (K(j), V(j), K(j + 1)), K(j + 1) would wait for
-  // V(j)'s slot, half a step after its own is free. (No deadlock: V(j)'s consumer step, j + 1,
-  // comes after it released the slot K(j + 1) waits for, K(j - 1).)
-  auto issue = [&](int j, bool v) {
+  for (int j = from; j < to; ++j) {
     const unsigned n = seq + (unsigned)j;
     const int s = (int)(n % STAGES);
     const int key0 = un.ulist[j] * BLK;
-    const u32 vb = v ? V_BARRIERS : 0u;
-    if (n >= (unsigned)STAGES) mbar_wait(empty0 + vb + 8u * s, (n / STAGES - 1u) & 1u);
-    if (v) {
-      tma_copy_operand<DV>(v_ring + (u32)(s * V_SLOT * 2), v_map, g, key0, b, full0 + vb + 8u * s);
-    } else {
-      tma_copy_operand<DQK>(k_ring + (u32)(s * K_SLOT * 2), k_map, g, key0, b, full0 + 8u * s);
-    }
-  };
-  if (from < to) issue(from, false);
-  for (int j = from; j < to; ++j) {
-    if (j + 1 < to) issue(j + 1, false);
-    issue(j, true);
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + 8u * s, (n / STAGES - 1u) & 1u);
+    tma_copy_operand<DQK>(k_ring + (u32)(s * K_SLOT * 2), k_map, g, key0, b, full0 + 8u * s);
+    if (n >= (unsigned)STAGES) mbar_wait(empty0 + V_BARRIERS + 8u * s, (n / STAGES - 1u) & 1u);
+    tma_copy_operand<DV>(v_ring + (u32)(s * V_SLOT * 2), v_map, g, key0, b, full0 + V_BARRIERS + 8u * s);
   }
 #else
   for (int j = from; j < to; ++j) {
