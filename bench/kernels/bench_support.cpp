@@ -311,34 +311,27 @@ std::string empty_launch_source(int maps, int cluster) {
 jit::DriverResult<double> measure_launch_floor_us(const jit::LaunchPlan& plan, std::span<const int> cluster_widths,
                                                   const SelectionParams& params, const std::string& arch,
                                                   const jit::Stream& stream, int runs, int warmup) {
-  // One module per empty kernel, compiled once per process and kept loaded.
+  // One module per empty kernel, compiled once per process and kept loaded. A plan's launches
+  // may need different empty kernels, so each launch is prepared alone from its own module (no
+  // workspace: no empty kernel touches it).
   static std::mutex mutex;
   static std::map<std::string, jit::Module> modules;
-  jit::LaunchPlan empty = plan;
-  empty.workspace_bytes = 0;  // no empty kernel touches it
-  std::vector<const jit::Module*> used;
-  {
-    std::lock_guard lock(mutex);
-    for (std::size_t i = 0; i < empty.launches.size(); ++i) {
-      const int maps = static_cast<int>(empty.launches[i].tensor_maps.size());
-      const int cluster = i < cluster_widths.size() ? cluster_widths[i] : 0;
-      const std::string entry = empty_launch_entry(maps, cluster);
-      empty.launches[i].entry = entry;
-      auto at = modules.find(entry + "." + arch);
-      if (at == modules.end()) {
-        auto module = load_helper_module(empty_launch_source(maps, cluster), entry, arch);
-        if (!module) return std::unexpected(module.error());
-        at = modules.emplace(entry + "." + arch, std::move(*module)).first;
-      }
-      used.push_back(&at->second);
-    }
-  }
-  // A plan's launches may need different empty kernels: each is prepared from its own module.
   std::vector<jit::PreparedPlan> prepared;
-  for (std::size_t i = 0; i < empty.launches.size(); ++i) {
+  for (std::size_t i = 0; i < plan.launches.size(); ++i) {
     jit::LaunchPlan one;
-    one.launches = {empty.launches[i]};
-    auto p = jit::PreparedPlan::prepare(*used[i], one);
+    one.launches = {plan.launches[i]};
+    const int maps = static_cast<int>(one.launches[0].tensor_maps.size());
+    const int cluster = i < cluster_widths.size() ? cluster_widths[i] : 0;
+    const std::string entry = empty_launch_entry(maps, cluster);
+    one.launches[0].entry = entry;
+    std::lock_guard lock(mutex);
+    auto at = modules.find(entry + "." + arch);
+    if (at == modules.end()) {
+      auto module = load_helper_module(empty_launch_source(maps, cluster), entry, arch);
+      if (!module) return std::unexpected(module.error());
+      at = modules.emplace(entry + "." + arch, std::move(*module)).first;
+    }
+    auto p = jit::PreparedPlan::prepare(at->second, one);
     if (!p) return std::unexpected(p.error());
     prepared.push_back(std::move(*p));
   }
