@@ -456,6 +456,19 @@ class RealDaemonTest(Base):
         if self.proc.poll() is not None:
             self.log.seek(0)
             self.fail("nsa-tuned exited with %s: %s" % (self.proc.returncode, self.log.read()))
+        # The socket file exists from bind(), before listen() and before the daemon's loop runs:
+        # a test's first dispatch could meet a daemon not yet serving and get the fallback (seen
+        # once in CI under load). Wait, as the C++ e2e tests do, until it answers a hello.
+        def answers():
+            try:
+                with Client(self.socket, budget_us=500000) as probe:
+                    probe.hello()
+                return True
+            except DaemonUnavailable:
+                return self.proc.poll() is not None
+        if not eventually(answers, 20) or self.proc.poll() is not None:
+            self.log.seek(0)
+            self.fail("nsa-tuned did not answer a hello: %s" % self.log.read())
 
     def tearDown(self):
         if self.proc.poll() is None:
