@@ -89,20 +89,15 @@ struct GroupCore {
   }
 
   __device__ __forceinline__ void reset() {
-    clear_o();
+#pragma unroll
+    for (int dt = 0; dt < DV / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       m_run[0][hf] = NSA_NEG_INF;
       l_run[0][hf] = 0.f;
     }
-  }
-
-  /// O = 0 (m and l left alone: prefill_group's seam starts a tile's state in two steps).
-  __device__ __forceinline__ void clear_o() {
-#pragma unroll
-    for (int dt = 0; dt < DV / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[0][dt][e] = 0.f;
   }
 
   /// The group's Q tile is at `q_group_addr` from now on (prefill_group's persistent loop

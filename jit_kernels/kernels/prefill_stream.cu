@@ -146,10 +146,6 @@ constexpr u32 FREED_BARRIERS = 8u * (4u * STAGES + 2u);
 // Q tiles per group: two where the persistent loop copies the next tile's Q during this one.
 constexpr int Q_TILES = nsa_layout::prefill_group_q_tiles(DQK, DV, NSEL, BLK, WARPS, STAGES, NSA_KNOB_PERSIST);
 constexpr int NGROUPS = QTILE / 4;
-// The persistent loop's seam between two tiles (consume, below): where a one-group CTA has a
-// builder warp and two Q tiles (D_qk = 128), a tile's last P V is issued beside the next tile's
-// first S, and its rows are stored once that P V is retired.
-constexpr bool SEAM = QTILE == 4 && BUILDERS == 1 && Q_TILES == 2;
 #else
 constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 // Elements of one ring slot's K and V (padded rows, or the TMA's panels).
@@ -224,22 +220,6 @@ __device__ __forceinline__ void group_sync(int grp) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + grp) : "memory");
 }
 
-/// consume()'s default `store_prev`: no tile is carried over.
-struct NoStore {
-  __device__ __forceinline__ void operator()(const float (&)[2], const float (&)[2]) const {}
-};
-
-/// The last P V of a tile: block n (counted over the CTA's life) from P in `pa`, once its V has
-/// landed; retired, and the slot's V released.
-__device__ __forceinline__ void last_pv(Core& core, const Core::PFrag& pa, unsigned n, u32 full0, u32 empty0) {
-  const int s = (int)(n % STAGES);
-  mbar_wait(full0 + V_BARRIERS + 8u * s, (n / STAGES) & 1u);
-  core.issue_pv(pa, s);
-  wgmma_wait<0>();
-  core.o_settled();
-  if (core.lane == 0) mbar_arrive(empty0 + V_BARRIERS + 8u * s);
-}
-
 /// consume() for prefill_group: consumer warp q is warp q % 4 of group q / 4, which computes
 /// every union block that any of its four queries selected (all four warps together, the
 /// decision taken from the union's mask, so uniform across the group) and passes the others.
@@ -255,27 +235,15 @@ __device__ __forceinline__ void last_pv(Core& core, const Core::PFrag& pa, unsig
 /// branch ptxas cannot prove uniform (that makes it serialize every wgmma: C7518). Held through
 /// the softmax are j - 1's and j's V only; with K and V in one slot (v11, commit cc88c4a) both
 /// slots of a two-stage ring were, and block j + 1's copy waited for the softmax.
-///
-/// SEAMED (the persistent loop's SEAM): the group works one block ahead across tiles too. The
-/// tile's last P V is not issued here: consume returns true with its P in `pa` (the caller's),
-/// and the next tile's consume, called with `pending`, issues it beside its own first S, runs
-/// its first softmax on a fresh m and l while it is on the tensor cores, and once it is retired
-/// calls `store_prev(m, l)` to store the previous tile's rows (O is the core's until then), then
-/// starts its own O. A tile with no block finishes the pending one alone and returns false with
-/// the core reset (O = 0: the caller stores its rows). Without SEAMED, or with one group of
-/// more, consume finishes its tile and returns false.
 /// `trace`: the trace buffer of a traced build (trace.cuh), unused otherwise. `on_q()` runs once
 /// the pending Q has landed (the persistent loop then copies the next tile's Q).
-template <bool SEAMED = false, class OnQ = NoOp, class StorePrev = NoStore>
-__device__ __forceinline__ bool consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
+template <class OnQ = NoOp>
+__device__ __forceinline__ void consume(Core& core, const Union& un, unsigned seq, u32 full0, u32 empty0, int q,
                                         long long lim_q, float scale_log2, bool q_pending,
-                                        [[maybe_unused]] unsigned long long trace, OnQ on_q = {},
-                                        Core::PFrag* carried = nullptr, bool pending = false,
-                                        StorePrev store_prev = {}) {
-  static_assert(!SEAMED || QTILE == 4, "the seam is the one-group loop's");
+                                        [[maybe_unused]] unsigned long long trace, OnQ on_q = {}) {
   const int lane = core.lane;
   const int grp = q >> 2;
-  if (!SEAMED || !pending) core.reset();
+  core.reset();
   auto stage_of = [&](int j) { return (int)((seq + (unsigned)j) % STAGES); };
   auto parity_of = [&](int j) { return ((seq + (unsigned)j) / STAGES) & 1u; };
   auto vis_of = [&](int j) {
@@ -290,26 +258,12 @@ __device__ __forceinline__ bool consume(Core& core, const Union& un, unsigned se
     if (lane == 0) mbar_arrive(empty0 + V_BARRIERS + 8u * stage_of(j));
   };
   Core::Scores s;
-  Core::PFrag local;
-  Core::PFrag& pa = *(SEAMED ? carried : &local);
+  Core::PFrag pa;
   float alpha[2];
   if constexpr (QTILE == 4) {
-    if (un.nu == 0) {
-      if constexpr (SEAMED) {
-        if (pending) {
-          last_pv(core, pa, seq - 1u, full0, empty0);
-          store_prev(core.m_run[0], core.l_run[0]);
-          core.reset();
-        }
-      }
-      return false;
-    }
+    if (un.nu == 0) return;
     [[maybe_unused]] const bool tracer = q == 0 && lane == 0;  // the thread that keeps the trace
     [[maybe_unused]] const long long e0 = NSA_TRACE_CLOCK();
-    if (SEAMED && pending) {
-      v_landed(-1);
-      core.issue_pv(pa, stage_of(-1));
-    }
     k_landed(0);
     NSA_TRACE_STAMP(trace, tracer, first_k);
     if (q_pending) {
@@ -320,27 +274,11 @@ __device__ __forceinline__ bool consume(Core& core, const Union& un, unsigned se
     NSA_TRACE_STAMP(trace, tracer, q_landed);
     [[maybe_unused]] long long ring_cyc = 0, s_cyc = 0, softmax_cyc = 0, pv_cyc = 0, pack_cyc = 0;
     int vis = vis_of(0);
-    if (SEAMED && pending) {
-      // The seam: the previous tile's last P V (j = -1, issued above) runs while this tile's
-      // first block lands and its S is issued; once it is retired the previous tile's rows are
-      // stored while S runs.
-      core.issue_s(s, stage_of(0));
-      wgmma_wait<1>();  // the P V (committed first) is done; S may still run
-      core.o_settled();
-      release_v(-1);
-      store_prev(core.m_run[0], core.l_run[0]);
-      core.reset();
-      wgmma_wait<0>();
-      release_k(0);
-      core.softmax(s, vis, scale_log2, alpha);
-      core.pack_p(s, alpha, false, pa);
-    } else {
-      core.issue_s(s, stage_of(0));
-      wgmma_wait<0>();
-      release_k(0);
-      core.softmax(s, vis, scale_log2, alpha);
-      core.pack_p(s, alpha, vis > 0, pa);
-    }
+    core.issue_s(s, stage_of(0));
+    wgmma_wait<0>();
+    release_k(0);
+    core.softmax(s, vis, scale_log2, alpha);
+    core.pack_p(s, alpha, vis > 0, pa);
     [[maybe_unused]] long long edge_cyc = NSA_TRACE_CLOCK() - e0;
     for (int j = 1; j < un.nu; ++j) {
       [[maybe_unused]] const long long t0 = NSA_TRACE_CLOCK();
@@ -367,7 +305,11 @@ __device__ __forceinline__ bool consume(Core& core, const Union& un, unsigned se
       pv_cyc += t4 - t3;
     }
     [[maybe_unused]] const long long e1 = NSA_TRACE_CLOCK();
-    if constexpr (!SEAMED) last_pv(core, pa, seq + (unsigned)(un.nu - 1), full0, empty0);
+    v_landed(un.nu - 1);
+    core.issue_pv(pa, stage_of(un.nu - 1));
+    wgmma_wait<0>();
+    core.o_settled();
+    release_v(un.nu - 1);
     NSA_TRACE_STAMP(trace, tracer, last_pv);
     edge_cyc += NSA_TRACE_CLOCK() - e1;
     NSA_TRACE_ADD(trace, tracer, edge_cyc, edge_cyc);
@@ -377,7 +319,6 @@ __device__ __forceinline__ bool consume(Core& core, const Union& un, unsigned se
     NSA_TRACE_ADD(trace, tracer, pv_wait_cyc, pv_cyc);
     NSA_TRACE_ADD(trace, tracer, pack_cyc, pack_cyc);
     NSA_TRACE_ADD(trace, tracer, blocks, un.nu - 1);
-    return SEAMED;
   } else {
     for (int j = 0; j < un.nu; ++j) {
       k_landed(j);
@@ -405,7 +346,6 @@ __device__ __forceinline__ bool consume(Core& core, const Union& un, unsigned se
       }
       release_v(j);
     }
-    return false;
   }
 }
 #else
@@ -455,14 +395,14 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
 
 /// Writes a consumer's h output rows (and LSE): the warp holds all columns of its rows, so its
 /// state is final: O = acc / l, LSE = (m + log2 l) ln 2 (O = 0, LSE = -inf for a query that saw no
-/// key). m and l are the rows' (the core's own, or those prefill_group's seam set aside).
-__device__ __forceinline__ void store_rows_direct(const Core& core, const float (&m_run)[2], const float (&l_run)[2],
-                                                  elem_t* o_rows, float* lse_rows, long long lse_stride) {
+/// key).
+__device__ __forceinline__ void store_rows_direct(const Core& core, elem_t* o_rows, float* lse_rows,
+                                                  long long lse_stride) {
   const int lane = core.lane;
   const int g = lane >> 2, c2 = (lane & 3) * 2;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float l = l_run[hf];
+    float l = core.l_run[0][hf];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     const int row = g + hf * 8;
@@ -473,7 +413,7 @@ __device__ __forceinline__ void store_rows_direct(const Core& core, const float 
     for (int dt = 0; dt < DV / 8; ++dt)
       *reinterpret_cast<u32*>(dst + dt * 8) = pack2(core.o[0][dt][2 * hf] * inv, core.o[0][dt][2 * hf + 1] * inv);
     if (lse_rows != nullptr && (lane & 3) == 0)
-      lse_rows[row * lse_stride] = l > 0.f ? (m_run[hf] + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
+      lse_rows[row * lse_stride] = l > 0.f ? (core.m_run[0][hf] + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
   }
 }
 
@@ -526,7 +466,7 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
     return;
   }
 #endif
-  store_rows_direct(core, core.m_run[0], core.l_run[0], o_rows, lse_rows, lse_stride);
+  store_rows_direct(core, o_rows, lse_rows, lse_stride);
 }
 
 }  // namespace
@@ -609,13 +549,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     core.load_q_async([&](int r) -> const elem_t* { return r < H ? q_rows + (long long)r * DQK : nullptr; }, at...);
     cp_async_commit();
   };
-  auto o_rows_of = [&](const QueryTile& tile) {  // consumer `warp`'s output rows of the tile
-    return ptr_elem_mut(p.o) + ((tile.b * p.t_q + tile.t0 + warp) * h_q + tile.g * H) * DV;
+  auto store = [&](const QueryTile& tile) {  // consumer `warp`'s output rows of the tile
+    const long long t = tile.t0 + warp;
+    store_rows(core, ptr_elem_mut(p.o) + ((tile.b * p.t_q + t) * h_q + tile.g * H) * DV,
+               LSE != nullptr ? LSE + (tile.b * h_q + tile.g * H) * p.t_q + t : nullptr, p.t_q);
   };
-  auto lse_rows_of = [&](const QueryTile& tile) {
-    return LSE != nullptr ? LSE + (tile.b * h_q + tile.g * H) * p.t_q + tile.t0 + warp : nullptr;
-  };
-  auto store = [&](const QueryTile& tile) { store_rows(core, o_rows_of(tile), lse_rows_of(tile), p.t_q); };
   // Union blocks this CTA has streamed before the current item. It never wraps: a CTA takes
   // ceil(items / grid.x) items, each of at most qtile * n blocks.
   unsigned seq = 0;
@@ -659,13 +597,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
     bool next_q_issued = false;  // the next item's Q copies are in flight into the other tile
     [[maybe_unused]] long long between0 = 0;  // a traced build: when this consumer's tile was done
-    // SEAM: the previous item's last P V is pending (its P in `carried`) and is issued in this
-    // item's consume; this warp's rows of that item are at prev_o and prev_lse (prev_o nullptr:
-    // the warp has no query there).
-    bool pending = false;
-    Core::PFrag carried;
-    elem_t* prev_o = nullptr;
-    float* prev_lse = nullptr;
     long long k = 0;
     for (long long item = blockIdx.x; item < items; item += gridDim.x, ++k) {
       Union cur, next;
@@ -694,30 +625,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
         __syncwarp();
       } else {
         const QueryTile nt = next_item < items ? query_tile<QTILE>(next_item, qtiles, p) : tile;
-        auto on_q = [&] {
+        consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, true, p.lse, [&] {
           if (Q_TILES == 2 && next_item < items) {
             if (warp < nt.nq) issue_q(nt, q_tile_of(k + 1));
             next_q_issued = true;
           }
-        };
-        if constexpr (SEAM) {
-          pending = consume<true>(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, true, p.lse, on_q,
-                                  &carried, pending, [&](const float (&m)[2], const float (&l)[2]) {
-                                    if (prev_o != nullptr) store_rows_direct(core, m, l, prev_o, prev_lse, p.t_q);
-                                  });
-          between0 = NSA_TRACE_CLOCK();
-          if (!pending) {  // a tile with no block: O = 0, LSE = -inf
-            cp_async_wait<0>();
-            if (warp < tile.nq) store(tile);
-          }
-          prev_o = warp < tile.nq ? o_rows_of(tile) : nullptr;
-          prev_lse = lse_rows_of(tile);
-        } else {
-          consume(core, cur, seq, full0, empty0, warp, tile.lim0 + warp, scale_log2, true, p.lse, on_q);
-          between0 = NSA_TRACE_CLOCK();
-          cp_async_wait<0>();  // this item's Q copies (a query with no block of its own did not wait)
-          if (warp < tile.nq) store(tile);
-        }
+        });
+        between0 = NSA_TRACE_CLOCK();
+        cp_async_wait<0>();  // this item's Q copies (a query with no block of its own did not wait)
+        if (warp < tile.nq) store(tile);
         NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
         NSA_TRACE_ADD(p.lse, threadIdx.x == 0, store_cyc, NSA_TRACE_CLOCK() - between0);
       }
@@ -735,12 +651,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
           next_q_issued = false;
           NSA_TRACE_ADD(p.lse, threadIdx.x == 0, between_cyc, NSA_TRACE_CLOCK() - between0);
         }
-      }
-    }
-    if constexpr (SEAM) {
-      if (pending) {  // the CTA's last item: its last P V alone, then its rows
-        last_pv(core, carried, seq - 1u, full0, empty0);
-        if (prev_o != nullptr) store_rows_direct(core, core.m_run[0], core.l_run[0], prev_o, prev_lse, p.t_q);
       }
     }
   }
