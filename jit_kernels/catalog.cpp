@@ -101,10 +101,12 @@ const std::vector<Knob>& knobs_of(Design d) {
   // Measured on the H200 (docs/performance.md, v10): 5 warps (two CTAs per SM, 2 stages) were
   // fastest everywhere; one group alone on an SM (5 warps, 3-5 stages) was 1.6x slower. With
   // 5 warps a block's softmax runs while the previous block's P V does (v12: 1.04-1.06x, with
-  // the ring's K and V handed over apart); 9 warps keep the plain chain (3-4% slower since K
-  // and V have barriers of their own, v12; never the fastest setting). persist = 1 adds a warp
-  // that builds the next tile's union and, where two CTAs still fit, a second Q tile per group
-  // (v13: the fastest setting at T = 32768 clustered, 1.07x over persist = 0).
+  // the ring's K and V handed over apart). persist = 1 adds a warp that builds the next tile's
+  // union and, where the CTAs an SM runs still fit, a second Q tile per group (v13: the fastest
+  // setting at T = 32768 clustered, 1.07x over persist = 0). With 9 warps each group overlaps its
+  // own blocks likewise, over a union ordered so that they are consecutive (v15: persist = 1
+  // 1.15-1.18x over the best 9-warp setting before, still 1.06-1.17x slower than 5 warps on the
+  // H200, where sharing a ring between two groups, 40% less L2 traffic, does not pay).
   static const std::vector<Knob> group = {{"warps", {5, 9}}, {"stages", {2, 5, 4, 3}}, {"persist", {0, 1}}};
   switch (d) {
     case Design::reference: return none;
@@ -309,9 +311,6 @@ std::string prefill_group_problem(const KernelVariant& v) {
   if (s.d_qk % 64 != 0 || (s.d_v != 64 && s.d_v != 128))
     return "prefill_group reads 64-element panels and keeps O in registers: D_qk a multiple of 64 and D_v 64 or 128 "
            "(got D_qk=" + std::to_string(s.d_qk) + ", D_v=" + std::to_string(s.d_v) + "); use prefill_stream";
-  if (knob_value(v, "persist") == 1 && resident_ctas_per_sm(v) < 2)
-    return "persist=1 is offered where two CTAs share an SM (prefill_stream's rule: with one CTA per SM the producer "
-           "warp's union build outlasts the ring)";
   const std::int64_t smem = engine_smem(v);
   if (smem > max_dynamic_shared_bytes(v.arch))
     return "needs " + std::to_string(smem) + " bytes of shared memory per CTA, " + v.arch + " allows " +

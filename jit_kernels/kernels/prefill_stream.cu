@@ -320,31 +320,56 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     NSA_TRACE_ADD(trace, tracer, pack_cyc, pack_cyc);
     NSA_TRACE_ADD(trace, tracer, blocks, un.nu - 1);
   } else {
-    for (int j = 0; j < un.nu; ++j) {
+    // Two groups (warps = 9): a group owns the blocks any of its four queries selected and
+    // computes each run of consecutive blocks it owns overlapped as above (its next block's S
+    // and softmax beside the previous block's P V); a block it does not own ends the run, whose
+    // last P V is finished first, and is passed. (Passing waits for the block's K and V: with a
+    // V still held, that wait could be for the very copy the held slot keeps out.)
+    auto own = [&](int j) { return ((un.umask[j] >> (4 * grp)) & 0xfu) != 0u; };
+    int j = 0;
+    while (j < un.nu) {
+      if (!own(j)) {
+        k_landed(j);
+        release_k(j);
+        v_landed(j);
+        release_v(j);
+        ++j;
+        continue;
+      }
       k_landed(j);
-      const bool ours = ((un.umask[j] >> (4 * grp)) & 0xfu) != 0u;
-      if (ours) {
-        if (q_pending) {
-          core.q_landed();
-          group_sync(grp);
-          on_q();
-          q_pending = false;
-        }
-        const int vis = vis_of(j);
+      if (q_pending) {
+        core.q_landed();
+        group_sync(grp);
+        on_q();
+        q_pending = false;
+      }
+      int vis = vis_of(j);
+      core.issue_s(s, stage_of(j));
+      wgmma_wait<0>();
+      release_k(j);
+      core.softmax(s, vis, scale_log2, alpha);
+      core.pack_p(s, alpha, vis > 0, pa);
+      int prev = j;
+      for (++j; j < un.nu && own(j); ++j) {
+        k_landed(j);
+        v_landed(prev);
+        vis = vis_of(j);
         core.issue_s(s, stage_of(j));
-        wgmma_wait<0>();
+        core.issue_pv(pa, stage_of(prev));
+        wgmma_wait<1>();  // j's S (committed first) is done; prev's P V may still run
         release_k(j);
         core.softmax(s, vis, scale_log2, alpha);
-        core.pack_p(s, alpha, vis > 0, pa);
-        v_landed(j);
-        core.issue_pv(pa, stage_of(j));
         wgmma_wait<0>();
         core.o_settled();
-      } else {
-        release_k(j);
-        v_landed(j);
+        release_v(prev);
+        core.pack_p(s, alpha, vis > 0, pa);
+        prev = j;
       }
-      release_v(j);
+      v_landed(prev);
+      core.issue_pv(pa, stage_of(prev));
+      wgmma_wait<0>();
+      core.o_settled();
+      release_v(prev);
     }
   }
 }
@@ -593,6 +618,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       Union first;
       first.carve(smem);
       first.build(tile.sel, tile.nq, tile.lim0);  // synchronises the CTA: the barriers are initialised too
+#if NSA_PREFILL_GROUP
+      if constexpr (NGROUPS == 2) {
+        if (warp == 0) first.order_for_two_groups();
+        __syncthreads();
+      }
+#endif
     }
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
     bool next_q_issued = false;  // the next item's Q copies are in flight into the other tile
@@ -611,6 +642,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
           [[maybe_unused]] const long long b1 = NSA_TRACE_CLOCK();
           const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
           next.build_warp(nt.sel, nt.nq, nt.lim0);
+          if constexpr (NGROUPS == 2) next.order_for_two_groups();
           mbar_arrive(ready0 + 8u * (u32)((k + 1) & 1));
           NSA_TRACE_ADD(p.lse, lane == 0, freed_cyc, b1 - b0);
           NSA_TRACE_ADD(p.lse, lane == 0, build_cyc, NSA_TRACE_CLOCK() - b1);
@@ -662,6 +694,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
       Union first;
       first.carve(smem);
       first.build(tile.sel, tile.nq, tile.lim0);  // synchronises the CTA: the barriers are initialised too
+#if NSA_PREFILL_GROUP
+      if constexpr (NGROUPS == 2) {
+        if (warp == 0) first.order_for_two_groups();
+        __syncthreads();
+      }
+#endif
     }
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, union_built);
     bool q_pending = true;
@@ -691,6 +729,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
           __syncwarp();
           const QueryTile nt = query_tile<QTILE>(next_item, qtiles, p);
           next.build_warp(nt.sel, nt.nq, nt.lim0);
+#if NSA_PREFILL_GROUP
+          if constexpr (NGROUPS == 2) next.order_for_two_groups();
+#endif
           mbar_arrive(ready0 + 8u * (u32)((k + 1) & 1));
         }
         if (lane == 0)

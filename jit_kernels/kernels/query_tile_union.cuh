@@ -94,6 +94,50 @@ struct QueryTileUnion {
     nlow = scalars[1];
   }
 
+  /// Reorders the built union for two groups of four queries (mask bits 0-3 and 4-7; prefill_group
+  /// with two warpgroups): the blocks only the first group selected, then those both did, then
+  /// those only the second did, each class in ascending order. Each group's blocks are then
+  /// consecutive, so that it computes them as one overlapped run. nlow no longer holds (only
+  /// prefill_shared reads it). Run by every lane of one warp after the union is built and before
+  /// any other thread reads it (the caller's barrier, or the ready arrival, orders them).
+  __device__ __forceinline__ void order_for_two_groups() {
+    static_assert(QTILE == 8, "two groups of four queries");
+    constexpr int PER = (SLOTS + 31) / 32;
+    const int lane = (int)(threadIdx.x & 31);
+    const unsigned below = (1u << lane) - 1u;
+    int v[PER], cls[PER];
+    unsigned m[PER];
+    int count[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int u = i * 32 + lane;
+      const bool valid = u < nu;
+      v[i] = valid ? ulist[u] : 0;
+      m[i] = valid ? umask[u] : 0u;
+      cls[i] = !valid ? 3 : (m[i] & 0xfu) != 0u ? ((m[i] & 0xf0u) != 0u ? 1 : 0) : 2;
+      count[0] += __popc(__ballot_sync(0xffffffffu, cls[i] == 0));
+      count[1] += __popc(__ballot_sync(0xffffffffu, cls[i] == 1));
+    }
+    __syncwarp();
+    int base[3] = {0, count[0], count[0] + count[1]};
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const unsigned b0 = __ballot_sync(0xffffffffu, cls[i] == 0);
+      const unsigned b1 = __ballot_sync(0xffffffffu, cls[i] == 1);
+      const unsigned b2 = __ballot_sync(0xffffffffu, cls[i] == 2);
+      if (cls[i] < 3) {
+        const unsigned mine = cls[i] == 0 ? b0 : cls[i] == 1 ? b1 : b2;
+        const int at = base[cls[i]] + __popc(mine & below);
+        ulist[at] = v[i];
+        umask[at] = m[i];
+      }
+      base[0] += __popc(b0);
+      base[1] += __popc(b1);
+      base[2] += __popc(b2);
+    }
+    __syncwarp();
+  }
+
  private:
   template <int NT, bool WARP_ONLY>
   __device__ __forceinline__ static void sync_group() {
