@@ -102,43 +102,9 @@ __device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], floa
 /// (the 4 lanes of a quad share one): the new running max, P = 2^(s - m) in place of s, l, and
 /// in `alpha` the factor 2^(m_old - m) by which O is to be rescaled (rescale_o), which the
 /// warpgroup engine does only once the previous block's P V, accumulating into O, is retired.
-/// TREE (the warpgroup engine): the row's max and sum as pairwise trees (log2(2 NT) dependent
-/// steps instead of 2 NT), and with POLY = k every k-th exponential by poly_exp2 (0: none).
-template <int NT, bool SCALE_HERE = false, bool TREE = false, int POLY = 0>
+template <int NT, bool SCALE_HERE = false>
 __device__ __forceinline__ void online_softmax_p(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
                                                  float (&alpha)[2], float scale = 1.f) {
-  if constexpr (TREE) {
-    constexpr int N = 2 * NT;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float v[N];
-#pragma unroll
-      for (int i = 0; i < N; ++i) v[i] = s[i / 2][2 * hf + i % 2];
-#pragma unroll
-      for (int w = 1; w < N; w *= 2)
-#pragma unroll
-        for (int i = 0; i + w < N; i += 2 * w) v[i] = fmaxf(v[i], v[i + w]);
-      float mx = v[0];
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_run[hf], SCALE_HERE ? mx * scale : mx);
-      const float base = m_new == NSA_NEG_INF ? 0.f : m_new;
-      alpha[hf] = fast_exp2(m_run[hf] - base);
-#pragma unroll
-      for (int i = 0; i < N; ++i) {
-        const float x = SCALE_HERE ? fmaf(s[i / 2][2 * hf + i % 2], scale, -base) : s[i / 2][2 * hf + i % 2] - base;
-        v[i] = POLY > 0 && i % POLY == POLY - 1 ? poly_exp2(x) : fast_exp2(x);
-        s[i / 2][2 * hf + i % 2] = v[i];
-      }
-#pragma unroll
-      for (int w = 1; w < N; w *= 2)
-#pragma unroll
-        for (int i = 0; i + w < N; i += 2 * w) v[i] += v[i + w];
-      l_run[hf] = l_run[hf] * alpha[hf] + v[0];
-      m_run[hf] = m_new;
-    }
-    return;
-  }
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     float mx = NSA_NEG_INF;

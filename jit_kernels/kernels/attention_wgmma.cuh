@@ -52,10 +52,6 @@
 
 #include "attention_core.cuh"
 
-#ifndef NSA_GROUP_POLY
-#define NSA_GROUP_POLY 0
-#endif
-
 struct GroupCore {
   static constexpr int PANEL_ROWS_BYTES = 128;         // one row of a 64-element panel
   static constexpr int K_PANEL = BLK * 128;            // bytes of one panel of a ring slot's operand
@@ -182,7 +178,7 @@ struct GroupCore {
       // The scale folds into the step's fma where it keeps the max (a positive scale, the
       // usual 1/sqrt(D) one); any other finite scale is applied first.
       if (scale_log2 > 0.f) {
-        online_softmax_p<BLK / 8, true, true, NSA_GROUP_POLY>(s, m_run[0], l_run[0], alpha, scale_log2);
+        online_softmax_p<BLK / 8, true>(s, m_run[0], l_run[0], alpha, scale_log2);
       } else {
 #pragma unroll
         for (int j = 0; j < BLK / 8; ++j)

@@ -253,25 +253,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-/// 2^x for x <= 0 (x may be -inf: 0) without the MUFU pipe, whose ex2 a warp issues at a quarter
-/// of a warp's width a cycle: 2^round(x) times a degree-5 fit of 2^f on [-0.5, 0.5] (a relative
-/// least-squares fit; at most 1.9e-7 relative error evaluated in fp32, ex2.approx's ~2 ulp),
-/// from 11 instructions of the FMA and integer pipes. Results below 2^-125 are 0 (ex2.approx.ftz
-/// flushes below 2^-126).
-__device__ __forceinline__ float poly_exp2(float x) {
-  const float t = x + 12582912.f;  // 1.5 * 2^23: for x in [-125, 0] t's low bits hold round(x)
-  const float f = x - (t - 12582912.f);
-  float p = 0x1.5bc922p-10f;
-  p = fmaf(p, f, 0x1.3d0ba4p-7f);
-  p = fmaf(p, f, 0x1.c6b782p-5f);
-  p = fmaf(p, f, 0x1.ebf91ap-3f);
-  p = fmaf(p, f, 0x1.62e428p-1f);
-  p = fmaf(p, f, 0x1.000002p+0f);
-  // round(x) << 23 is (bits of t) << 23: the magic number's own bits shift out.
-  const float y = __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-  return x >= -125.f ? y : 0.f;
-}
-
 // ---- atomics with memory-model semantics -------------------------------------------------------
 
 /// 64-bit fetch-and-add at GPU scope with acquire-release semantics: stores that precede it in
