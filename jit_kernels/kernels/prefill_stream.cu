@@ -220,18 +220,6 @@ __device__ __forceinline__ void group_sync(int grp) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + grp) : "memory");
 }
 
-/// Named barrier `id` when `pred`: 128 threads of one group wait there for the 128 of the other
-/// group to arrive (turn_arrive_if). Predicated rather than branched on, so that no wgmma in
-/// flight meets a branch.
-__device__ __forceinline__ void turn_sync_if(bool pred, int id) {
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p bar.sync %1, 256;\n}\n" ::"r"((int)pred), "r"(id)
-               : "memory");
-}
-__device__ __forceinline__ void turn_arrive_if(bool pred, int id) {
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p bar.arrive %1, 256;\n}\n" ::"r"((int)pred), "r"(id)
-               : "memory");
-}
-
 /// consume() for prefill_group: consumer warp q is warp q % 4 of group q / 4, which computes
 /// every union block that any of its four queries selected (all four warps together, the
 /// decision taken from the union's mask, so uniform across the group) and passes the others.
@@ -338,21 +326,6 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     // last P V is finished first, and is passed. (Passing waits for the block's K and V: with a
     // V still held, that wait could be for the very copy the held slot keeps out.)
     auto own = [&](int j) { return ((un.umask[j] >> (4 * grp)) & 0xfu) != 0u; };
-    // Turns at the tensor cores for the blocks both groups compute (the middle of the ordered
-    // union): group 0 issues block i's wgmmas, then group 1 does, then group 0 block i + 1, so
-    // that one group's softmax runs while the other's products do (FlashAttention 3's
-    // ping-pong). Group 1 waits on barrier 4 before each such issue, which group 0 arrives on
-    // after its own; group 0 waits on barrier 3 before each but its first, and once more after
-    // its last, which group 1 arrives on after each of its own.
-    const unsigned other = 0xfu << (4 * (1 - grp));
-    const int turn_wait_id = 3 + grp, turn_give_id = 4 - grp;
-    bool led = false;  // group 0 has issued a shared block
-    auto turn_wait = [&](int j) { turn_sync_if((un.umask[j] & other) != 0u && (grp == 1 || led), turn_wait_id); };
-    auto turn_give = [&](int j) {
-      const bool shared = (un.umask[j] & other) != 0u;
-      turn_arrive_if(shared, turn_give_id);
-      led = led || shared;
-    };
     int j = 0;
     while (j < un.nu) {
       if (!own(j)) {
@@ -371,9 +344,7 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
         q_pending = false;
       }
       int vis = vis_of(j);
-      turn_wait(j);
       core.issue_s(s, stage_of(j));
-      turn_give(j);
       wgmma_wait<0>();
       release_k(j);
       core.softmax(s, vis, scale_log2, alpha);
@@ -383,10 +354,8 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
         k_landed(j);
         v_landed(prev);
         vis = vis_of(j);
-        turn_wait(j);
         core.issue_s(s, stage_of(j));
         core.issue_pv(pa, stage_of(prev));
-        turn_give(j);
         wgmma_wait<1>();  // j's S (committed first) is done; prev's P V may still run
         release_k(j);
         core.softmax(s, vis, scale_log2, alpha);
@@ -402,7 +371,6 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
       core.o_settled();
       release_v(prev);
     }
-    turn_sync_if(grp == 0 && led, turn_wait_id);  // group 1's issue of the last shared block
   }
 }
 #else
