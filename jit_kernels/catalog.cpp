@@ -94,7 +94,7 @@ const std::vector<Knob>& knobs_of(Design d) {
   // prefill_group: prefill_stream with tma = 1 and one producer warp, whose consumer warps form
   // (warps - 1) / 4 warpgroups of four queries computing each block together with wgmma
   // (sm_90a). 9 warps: two groups, one CTA per SM; 5 warps: one group, two CTAs per SM (the
-  // persist rule). 13 warps are not offered: four warps then share a scheduler's 16384
+  // warps = 5 rule in prefill_group_problem). 13 warps are not offered: four warps then share a scheduler's 16384
   // registers, 128 a thread, and ptxas spills 736 bytes (sm_90a, D 128 and 192). Three groups
   // with a producer warpgroup that hands them its registers (16 warps, setmaxnreg to 160 and
   // 32) compiled with 68 bytes of spills and were 4-5% slower on the H200 (v11, commit ec2ec9b).
