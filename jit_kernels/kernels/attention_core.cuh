@@ -129,6 +129,12 @@ __device__ __forceinline__ void online_softmax_p(float (&s)[NT][4], float (&m_ru
   }
 }
 
+/// A row's l from its quad: each of the row's 4 lanes holds the sum over its own columns.
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 /// O's rows times the factors of online_softmax_p.
 template <int NO>
 __device__ __forceinline__ void rescale_o(float (&o)[NO][4], const float (&alpha)[2]) {
@@ -569,9 +575,7 @@ struct AttentionCore {
     for (int mt = 0; mt < MTW; ++mt)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
-        float l = l_run[mt][hf];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float l = quad_sum(l_run[mt][hf]);
         const int row = (wm * MTW + mt) * 16 + g + hf * 8;
         float* dst = red_o + (wn * ROWS + row) * RSTR;
 #pragma unroll

@@ -189,9 +189,7 @@ __device__ __forceinline__ void stash_state(const Core& core, float* merge_o, fl
   const int g = lane >> 2, c2 = (lane & 3) * 2;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float l = core.l_run[0][hf];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float l = quad_sum(core.l_run[0][hf]);
     const int r = g + hf * 8;
     float* dst = merge_o + (c * 16 + r) * OSTR;
 #pragma unroll

@@ -154,13 +154,14 @@ NSA_HD constexpr long long prefill_group_smem_with(int dqk, int dv, int n, int b
   return 2 * union_bytes(warps - 1, n) + prefill_group_barrier_bytes(stages) + ring_bytes(dqk, dv, block, stages, 1) +
          (long long)q_tiles * (warps - 1) * 16 * dqk * 2;
 }
+/// CTAs of prefill_group an SM runs: two of one group (warps = 5), one of two groups (warps = 9).
+NSA_HD constexpr int prefill_group_ctas_per_sm(int warps) { return warps <= 5 ? 2 : 1; }
 /// Q tiles per consumer warpgroup: with persist = 1 two, so that a tile's Q is copied while the
-/// group computes the previous tile, where as many CTAs still fit an SM with them as the design
-/// runs there (228 KiB, 1 KiB reserved a CTA): two of one group (warps = 5; D_qk = 128 at 2
-/// stages, not the paper config's 192), one of two groups (warps = 9, up to 4 stages at D_qk =
-/// 128); else one.
+/// group computes the previous tile, where prefill_group_ctas_per_sm CTAs still fit an SM with
+/// them (228 KiB, 1 KiB reserved a CTA: with 5 warps D_qk = 128 at 2 stages, not the paper
+/// config's 192; with 9 warps up to 4 stages at D_qk = 128); else one.
 NSA_HD constexpr int prefill_group_q_tiles(int dqk, int dv, int n, int block, int warps, int stages, int persist) {
-  return persist != 0 && (warps <= 5 ? 2 : 1) *
+  return persist != 0 && prefill_group_ctas_per_sm(warps) *
                                  (prefill_group_smem_with(dqk, dv, n, block, warps, stages, 2) + kSmemReservedPerCta) <=
                              kSmemPerSm
              ? 2

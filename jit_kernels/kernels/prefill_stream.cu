@@ -117,7 +117,7 @@ static_assert(TMA && QTILE % 4 == 0, "prefill_group reads TMA rings with consume
 using Core = GroupCore;
 // One warpgroup (5 warps) runs two CTAs per SM (the catalog offers only settings where two fit):
 // 168 registers a thread, three warps to a scheduler.
-constexpr int MIN_CTAS = WARPS <= 5 ? 2 : 1;
+constexpr int MIN_CTAS = nsa_layout::prefill_group_ctas_per_sm(WARPS);
 #else
 // Registers (layout.cuh, "prefill_stream's register plan"): up to 8 warps Q stays in registers;
 // beyond, it is re-read from shared memory for every step and the steps are shorter.
@@ -427,9 +427,7 @@ __device__ __forceinline__ void store_rows_direct(const Core& core, elem_t* o_ro
   const int g = lane >> 2, c2 = (lane & 3) * 2;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    float l = core.l_run[0][hf];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float l = quad_sum(core.l_run[0][hf]);
     const int row = g + hf * 8;
     if (row >= H) continue;
     const float inv = l > 0.f ? 1.f / l : 0.f;
@@ -468,9 +466,7 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
     };
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float l = core.l_run[0][hf];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float l = quad_sum(core.l_run[0][hf]);
       const int row = g + hf * 8;
       const float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
