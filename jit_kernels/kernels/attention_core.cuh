@@ -71,28 +71,41 @@ __device__ __forceinline__ void add_weighted_chunk(float (&acc)[8], float w, con
   acc[7] += w * x1.w;
 }
 
-/// Merges W partial results of one row and 8-wide chunk of D_v: partial w has the row max m_w
-/// (log2 domain), the sum l_w and the unnormalised chunk O_w, at ml(w) = {m_w, l_w} and o(w)
-/// (8 floats, 16-byte aligned). Gives acc = sum_w 2^(m_w - m) O_w, l = sum_w 2^(m_w - m) l_w and
-/// m = max_w m_w; a partial with m_w = -inf (and l_w = 0, O_w = 0) weighs exactly nothing, and
-/// if all have, m = -inf, l = 0, acc = 0. The merge of the engine's column groups and of
-/// decode_stream's consumers.
-template <int W, class Ml, class O>
-__device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], float& m, float& l) {
+/// Merges W partial results of one row over NQ 4-wide quads of D_v: partial w has the row max m_w
+/// (log2 domain), the sum l_w and the unnormalised O_w, whose quad j is at quad(w, j) (a float4,
+/// 16-byte aligned). Gives acc[4 j ..] = sum_w 2^(m_w - m) O_w's quad j, l = sum_w 2^(m_w - m) l_w
+/// and m = max_w m_w at ml(w) = {m_w, l_w}; a partial with m_w = -inf (and l_w = 0, O_w = 0)
+/// weighs exactly nothing, and if all have, m = -inf, l = 0, acc = 0.
+template <int W, int NQ, class Ml, class Quad>
+__device__ __forceinline__ void merge_partial_quads(Ml ml, Quad quad, float (&acc)[4 * NQ], float& m, float& l) {
   m = NSA_NEG_INF;
 #pragma unroll
   for (int w = 0; w < W; ++w) m = fmaxf(m, ml(w)[0]);
   const float base = m == NSA_NEG_INF ? 0.f : m;
 #pragma unroll
-  for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+  for (int e = 0; e < 4 * NQ; ++e) acc[e] = 0.f;
   l = 0.f;
 #pragma unroll
   for (int w = 0; w < W; ++w) {
     const float wgt = fast_exp2(ml(w)[0] - base);
     l += wgt * ml(w)[1];
-    const float4* src = reinterpret_cast<const float4*>(o(w));
-    add_weighted_chunk(acc, wgt, src[0], src[1]);
+#pragma unroll
+    for (int j = 0; j < NQ; ++j) {
+      const float4 x = *quad(w, j);
+      acc[4 * j] += wgt * x.x;
+      acc[4 * j + 1] += wgt * x.y;
+      acc[4 * j + 2] += wgt * x.z;
+      acc[4 * j + 3] += wgt * x.w;
+    }
   }
+}
+
+/// merge_partial_quads for one 8-wide chunk of D_v at o(w) (8 floats, 16-byte aligned): the
+/// merge of the engine's column groups.
+template <int W, class Ml, class O>
+__device__ __forceinline__ void merge_partials(Ml ml, O o, float (&acc)[8], float& m, float& l) {
+  merge_partial_quads<W, 2>(
+      ml, [&](int w, int j) { return reinterpret_cast<const float4*>(o(w)) + j; }, acc, m, l);
 }
 
 /// The online-softmax step of one warp's 16-row MMA tile (see "Softmax" above): s holds the
@@ -579,10 +592,8 @@ struct AttentionCore {
         const int row = (wm * MTW + mt) * 16 + g + hf * 8;
         float* dst = red_o + (wn * ROWS + row) * RSTR;
 #pragma unroll
-        for (int dt = 0; dt < DV / 8; ++dt) {
-          dst[dt * 8 + c2] = o[mt][dt][2 * hf];
-          dst[dt * 8 + c2 + 1] = o[mt][dt][2 * hf + 1];
-        }
+        for (int dt = 0; dt < DV / 8; ++dt)  // 8 bytes a lane: conflict-free (decode_stream's stash_state)
+          *reinterpret_cast<float2*>(dst + dt * 8 + c2) = make_float2(o[mt][dt][2 * hf], o[mt][dt][2 * hf + 1]);
         if ((lane & 3) == 0) {
           red_ml[(wn * ROWS + row) * 2] = m_run[mt][hf];
           red_ml[(wn * ROWS + row) * 2 + 1] = l;
@@ -610,6 +621,22 @@ __device__ __forceinline__ void store_output_chunk(elem_t* o_row, float* lse, in
   v.y = pack2(acc[2] * inv, acc[3] * inv);
   v.z = pack2(acc[4] * inv, acc[5] * inv);
   v.w = pack2(acc[6] * inv, acc[7] * inv);
-  *reinterpret_cast<uint4*>(o_row + ch * 8) = v;
+  st_global_v4(o_row + ch * 8, v);
   if (lse != nullptr && ch == 0) *lse = l > 0.f ? (m + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
+}
+
+/// store_output_chunk for NQ 4-wide quads of a row, quad j at column 4 column_quad(j) (an 8-byte
+/// store each); LSE where `lse` is not null.
+template <int NQ, class ColumnQuad>
+__device__ __forceinline__ void store_output_quads(elem_t* o_row, float* lse, ColumnQuad column_quad,
+                                                   const float (&acc)[4 * NQ], float m, float l) {
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int j = 0; j < NQ; ++j) {
+    uint2 v;
+    v.x = pack2(acc[4 * j] * inv, acc[4 * j + 1] * inv);
+    v.y = pack2(acc[4 * j + 2] * inv, acc[4 * j + 3] * inv);
+    st_global_v2(o_row + 4 * column_quad(j), v);
+  }
+  if (lse != nullptr) *lse = l > 0.f ? (m + log2f(l)) * NSA_LN2 : NSA_NEG_INF;
 }

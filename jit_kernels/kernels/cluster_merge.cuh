@@ -26,6 +26,21 @@ __device__ __forceinline__ void store_partial_chunk(float* part, int i, int ch, 
   }
 }
 
+/// store_partial_chunk for NQ 4-wide quads of head i, quad j at column 4 column_quad(j); m and l
+/// with `first`.
+template <int NQ, class ColumnQuad>
+__device__ __forceinline__ void store_partial_quads(float* part, int i, ColumnQuad column_quad,
+                                                    const float (&acc)[4 * NQ], float m, float l, bool first) {
+#pragma unroll
+  for (int j = 0; j < NQ; ++j)
+    *reinterpret_cast<float4*>(part + i * DV + 4 * column_quad(j)) =
+        make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+  if (first) {
+    part[H * DV + i] = m;
+    part[H * DV + H + i] = l;
+  }
+}
+
 /// Merges the row's SPLIT partials at `part` (this CTA's; the peers' at the same offset) and
 /// writes the row's O and LSE. Called by all THREADS threads of every CTA of the cluster, between
 /// two cluster_sync()s (the caller's: the first makes every partial visible, the second keeps the

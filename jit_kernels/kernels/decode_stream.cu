@@ -183,7 +183,9 @@ __device__ __forceinline__ void consume(Core& core, const SelectedRow& row, long
 
 /// Consumer warp c writes its state to the merge buffer: O rows [c][16][OSTR] (fp32), then (m, l)
 /// per row at ml[(c * 16 + row) * 2]. l is summed over the quad first (each lane holds the sum
-/// over its own columns).
+/// over its own columns). A lane's two columns of an 8-wide tile go as one 8-byte store: a
+/// half-warp's 16 of them then fill 32 distinct banks (rows g, g + 1 are OSTR = 8 mod 32 words
+/// apart), where two 4-byte stores each were 2-way conflicted.
 __device__ __forceinline__ void stash_state(const Core& core, float* merge_o, float* merge_ml, int c) {
   const int lane = core.lane;
   const int g = lane >> 2, c2 = (lane & 3) * 2;
@@ -193,10 +195,8 @@ __device__ __forceinline__ void stash_state(const Core& core, float* merge_o, fl
     const int r = g + hf * 8;
     float* dst = merge_o + (c * 16 + r) * OSTR;
 #pragma unroll
-    for (int dt = 0; dt < DV / 8; ++dt) {
-      dst[dt * 8 + c2] = core.o[0][dt][2 * hf];
-      dst[dt * 8 + c2 + 1] = core.o[0][dt][2 * hf + 1];
-    }
+    for (int dt = 0; dt < DV / 8; ++dt)
+      *reinterpret_cast<float2*>(dst + dt * 8 + c2) = make_float2(core.o[0][dt][2 * hf], core.o[0][dt][2 * hf + 1]);
     if ((lane & 3) == 0) {
       merge_ml[(c * 16 + r) * 2] = core.m_run[0][hf];
       merge_ml[(c * 16 + r) * 2 + 1] = l;
@@ -297,17 +297,26 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     elem_t* o_rows = ptr_elem_mut(p.o) + ((r.b * p.t_q + r.t) * h_q + r.g * H) * DV;
     float* LSE = NSA_LSE_OUT(p);
     float* lse_rows = LSE != nullptr ? LSE + (r.b * h_q + r.g * H) * p.t_q + r.t : nullptr;
-    for (int it = threadIdx.x; it < H * (DV / 8); it += THREADS) {
-      const int i = it / (DV / 8), ch = it % (DV / 8);
+    // Item (i, k) is 16 columns of head i, its quads (4 columns) k + j * GROUPS for j < 4: one
+    // item a thread for h = 16, D_v = 128 (128 items, 160 threads), the row's (m, l) weighed once
+    // for 16 columns, and 8 consecutive threads reading 128 consecutive bytes of a partial.
+    constexpr int GROUPS = DV / 16;
+    static_assert(DV % 16 == 0, "the merge takes 16 columns an item (families have D_v a multiple of 16)");
+    for (int it = threadIdx.x; it < H * GROUPS; it += THREADS) {
+      const int i = it / GROUPS, k = it % GROUPS;
+      auto column_quad = [&](int j) { return k + j * GROUPS; };
       // A consumer that computed nothing has m = -inf, l = 0 and O = 0: it weighs nothing.
-      float acc[8], m, l;
-      merge_partials<CONSUMERS>([&](int c) { return merge_ml + (c * 16 + i) * 2; },
-                                [&](int c) { return merge_o + (c * 16 + i) * OSTR + ch * 8; }, acc, m, l);
+      float acc[16], m, l;
+      merge_partial_quads<CONSUMERS, 4>(
+          [&](int c) { return merge_ml + (c * 16 + i) * 2; },
+          [&](int c, int j) { return reinterpret_cast<const float4*>(merge_o + (c * 16 + i) * OSTR) + column_quad(j); },
+          acc, m, l);
       if constexpr (SPLIT > 1) {
-        store_partial_chunk(part, i, ch, acc, m, l);
+        store_partial_quads<4>(part, i, column_quad, acc, m, l, k == 0);
       } else {
-        store_output_chunk(o_rows + (long long)i * DV,
-                           lse_rows != nullptr ? lse_rows + (long long)i * p.t_q : nullptr, ch, acc, m, l);
+        store_output_quads<4>(o_rows + (long long)i * DV,
+                              lse_rows != nullptr && k == 0 ? lse_rows + (long long)i * p.t_q : nullptr, column_quad,
+                              acc, m, l);
       }
     }
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, merged);

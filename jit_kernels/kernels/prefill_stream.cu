@@ -481,7 +481,7 @@ __device__ __forceinline__ void store_rows(const Core& core, elem_t* o_rows, flo
     for (int i = 0; i < 16 / ROWS_A_PASS; ++i) {
       const int row = i * ROWS_A_PASS + lane / CH, c = lane % CH;
       const uint4 v = ld_shared_u32x4(chunk_at(row, c));
-      if (row < H) *reinterpret_cast<uint4*>(o_rows + (long long)row * DV + c * 8) = v;
+      if (row < H) st_global_v4(o_rows + (long long)row * DV + c * 8, v);
     }
     __syncwarp();  // every lane's reads of the tile are done before any lane copies a Q into it
     return;

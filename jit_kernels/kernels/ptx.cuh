@@ -204,6 +204,24 @@ __device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[16][4], const u32 (
 }
 #undef NSA_WG_D4
 
+// ---- vector stores to global memory ------------------------------------------------------------
+
+// 16 and 8 bytes in one instruction. A plain `*reinterpret_cast<uint4*>(p) = v` of the output rows
+// left NVVM's PTX with four st.global.u32 in every design (seen in nsa-kernel-inspect's cubins and
+// NVRTC's PTX; a small kernel of the same statement does get st.global.v4), so the stores of
+// results say what they are. `p` must be a global address aligned to the store's size.
+__device__ __forceinline__ void st_global_v4(void* p, uint4 v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void st_global_v2(void* p, uint2 v) {
+  asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(p), "r"(v.x), "r"(v.y) : "memory");
+}
+__device__ __forceinline__ void st_global_f32x4(float* p, float4 v) {
+  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+}
+
 // ---- shared memory by address ------------------------------------------------------------------
 
 __device__ __forceinline__ void st_shared_u32(u32 addr, u32 v) {
