@@ -110,9 +110,6 @@ constexpr int KSTR = Core::KSTR, VSTR = Core::VSTR;
 constexpr int K_SLOT = TMA ? BLK * DQK : BLK * KSTR;
 constexpr int V_SLOT = TMA ? BLK * DV : BLK * VSTR;
 constexpr int OSTR = DV + nsa_layout::kPad;  // merge buffer row stride, in floats
-// The merge buffer beside the ring (layout.cuh, decode_stream_own_merge), or overlaying it.
-constexpr bool OWN_MERGE =
-    nsa_layout::decode_stream_own_merge(DQK, DV, H, NSEL, BLK, CONSUMERS, STAGES, SPLIT, TMA);
 
 /// The producers: stream blocks [first, last) of the row list into the ring. `seq` numbers the
 /// CTA's blocks across work items; `pt` is this thread's index among the PRODUCERS * 32 lanes.
@@ -223,7 +220,7 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
   elem_t* q_s = reinterpret_cast<elem_t*>(at);
   elem_t* k_ring = align_ring<TMA>(q_s + 16 * Core::QSTR);
   elem_t* v_ring = k_ring + STAGES * K_SLOT;
-  float* merge_o = reinterpret_cast<float*>(OWN_MERGE ? v_ring + STAGES * V_SLOT : k_ring);
+  float* merge_o = reinterpret_cast<float*>(k_ring);
   float* merge_ml = merge_o + CONSUMERS * 16 * OSTR;
   const int warp = threadIdx.x >> 5;
 
@@ -287,14 +284,11 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
       core.load_q_fragments();
       core.reset();
       consume(core, row, first, last, seq, full0, empty0, warp, scale_log2, p.lse);
-      if constexpr (OWN_MERGE) stash_state(core, merge_o, merge_ml, warp);
     }
     seq += (unsigned)(last - first);
-    if constexpr (!OWN_MERGE) {
-      __syncthreads();  // every block has been computed: the merge buffer may overlay the ring
-      NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, consumed);
-      if (warp < CONSUMERS) stash_state(core, merge_o, merge_ml, warp);
-    }
+    __syncthreads();  // every block has been computed: the merge buffer may overlay the ring
+    NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, consumed);
+    if (warp < CONSUMERS) stash_state(core, merge_o, merge_ml, warp);
     __syncthreads();
     NSA_TRACE_STAMP(p.lse, threadIdx.x == 0, stashed);
 
@@ -331,7 +325,7 @@ extern "C" __global__ void NSA_DECODE_CLUSTER_DIMS __launch_bounds__(THREADS, 1)
     merge_in_cluster<SPLIT, THREADS>(part, p, r);
     cluster_sync();  // no CTA leaves or rebuilds its partial while a peer may still read it
 #endif
-    if constexpr (TMA && !OWN_MERGE) fence_proxy_async_shared();  // the merge buffer's bytes are the next item's TMA ring
+    if constexpr (TMA) fence_proxy_async_shared();  // the merge buffer's bytes are the next item's TMA ring
     __syncthreads();  // the row list, Q and the merge buffer are reused by the next item
     NSA_TRACE_EXIT(p.lse, threadIdx.x == 0, stored);
   }

@@ -173,35 +173,17 @@ NSA_HD constexpr long long prefill_group_smem(int dqk, int dv, int n, int block,
 }
 /// decode_stream: the row list, 2 * stages mbarriers, the CTA's split partial (split > 1, for the
 /// cluster merge), the row's 16 Q rows, then the ring of `stages` whole blocks of K and V (from
-/// the next multiple of kTmaAlign when tma = 1), and the consumers' merge buffer (fp32 O rows of
-/// stride D_v + 8, then m and l, per consumer): after the ring where decode_stream_own_merge,
-/// else overlaying it at the end.
+/// the next multiple of kTmaAlign when tma = 1), which the consumers' merge buffer (fp32 O rows
+/// of stride D_v + 8, then m and l, per consumer) overlays at the end.
 NSA_HD constexpr long long decode_stream_merge_bytes(int dv, int consumers) {
   return (long long)consumers * 16 * ((dv + kPad) + 2) * 4;
 }
-NSA_HD constexpr long long decode_stream_fixed_bytes(int dqk, int dv, int h, int n, int stages, int split, int tma) {
-  return row_list_bytes(n) + stream_barrier_bytes(stages) + (split > 1 ? split_partial_bytes(h, dv) : 0) +
-         q_tile_bytes(dqk, 1) + (tma ? kTmaAlign : 0);
-}
-/// The merge buffer gets its own place, so that a consumer stashes its state as soon as its last
-/// block is done instead of after every block is (one CTA barrier less at the end), where that
-/// keeps as many CTAs on an sm_90 SM and within its 227 KiB a CTA: with tma = 1 only (an sm_90
-/// design; the cp.async ring also runs where shared memory is smaller), e.g. D_qk = 128 up to 5
-/// stages, not the paper config's 5.
-NSA_HD constexpr bool decode_stream_own_merge(int dqk, int dv, int h, int n, int block, int consumers, int stages,
-                                              int split, int tma) {
-  const long long fixed = decode_stream_fixed_bytes(dqk, dv, h, n, stages, split, tma);
-  const long long ring = stages * ring_slot_bytes(dqk, dv, block, tma), merge = decode_stream_merge_bytes(dv, consumers);
-  const long long overlaid = fixed + max_ll(ring, merge), own = fixed + ring + merge;
-  return tma != 0 && own + kSmemReservedPerCta <= kSmemPerSm &&
-         kSmemPerSm / (own + kSmemReservedPerCta) == kSmemPerSm / (overlaid + kSmemReservedPerCta);
-}
 NSA_HD constexpr long long decode_stream_smem(int dqk, int dv, int h, int n, int block, int consumers, int stages,
                                               int split, int tma) {
-  const long long ring = stages * ring_slot_bytes(dqk, dv, block, tma), merge = decode_stream_merge_bytes(dv, consumers);
-  return decode_stream_fixed_bytes(dqk, dv, h, n, stages, split, tma) +
-         (decode_stream_own_merge(dqk, dv, h, n, block, consumers, stages, split, tma) ? ring + merge
-                                                                                      : max_ll(ring, merge));
+  return row_list_bytes(n) + stream_barrier_bytes(stages) + (split > 1 ? split_partial_bytes(h, dv) : 0) +
+         q_tile_bytes(dqk, 1) +
+         (tma ? kTmaAlign : 0) +
+         max_ll(stages * ring_slot_bytes(dqk, dv, block, tma), decode_stream_merge_bytes(dv, consumers));
 }
 /// reference: q (fp32), one score per thread of a 128-key chunk, 32 reduction slots.
 constexpr int kReferenceThreads = 128;

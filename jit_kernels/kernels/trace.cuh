@@ -26,8 +26,7 @@
 
 // decode_stream: entry (thread 0), the row's block list built, the producer's first and last
 // copies issued, consumer 0's first block landed, the row's last block landed and computed (by
-// the consumer that owns it), every consumer done (not stamped where the merge buffer has its own
-// place: each consumer stashes as it finishes), their states stashed for the merge, thread 0's
+// the consumer that owns it), every consumer done, their states stashed for the merge, thread 0's
 // share of the merge done, the row stored (after the cluster merge with split > 1); and the
 // cycles consumer 0 spends waiting for blocks and computing them.
 #define NSA_DECODE_STREAM_TRACE(X)                                                                        \
