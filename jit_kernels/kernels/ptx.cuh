@@ -217,10 +217,6 @@ __device__ __forceinline__ void st_global_v4(void* p, uint4 v) {
 __device__ __forceinline__ void st_global_v2(void* p, uint2 v) {
   asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(p), "r"(v.x), "r"(v.y) : "memory");
 }
-__device__ __forceinline__ void st_global_f32x4(float* p, float4 v) {
-  asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
-               : "memory");
-}
 
 // ---- shared memory by address ------------------------------------------------------------------
 
