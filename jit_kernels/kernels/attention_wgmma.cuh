@@ -143,10 +143,11 @@ struct GroupCore {
   /// 32 bytes into the rows of panel ks / 4. `s` is in flight until the group is waited for.
   __device__ __forceinline__ void issue_s(Scores& s, int slot) const {
     const u32 k_slot = k_desc + (u32)(slot * (K_SLOT_BYTES >> 4));
-    // Q's descriptors are loop-invariant; held across the loop they take 16 registers, which
-    // the overlapped consume has not got (ptxas hoisted them and spilled them): an add each here.
-    u32 q_lo;
-    asm volatile("mov.b32 %0, %1;" : "=r"(q_lo) : "r"(q_desc));
+    // Every descriptor here is the warp's (q_desc, k_desc and v_desc made so by the caller:
+    // consume's warp_uniform, init's constant addresses; the slot from a uniform count), so
+    // ptxas builds them in uniform registers, an add each; built per lane, each HGMMA cost four
+    // R2UR and the Q descriptors, held in vector registers, spilled (docs/performance.md v16).
+    const u32 q_lo = q_desc;
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < DQK / 16; ++ks) {

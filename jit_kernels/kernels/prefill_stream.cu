@@ -244,6 +244,11 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
   const int lane = core.lane;
   const int grp = q >> 2;
   core.reset();
+  // The ring position and the Q tile's descriptor as the warp's own (uniform) values, once a
+  // tile: every block's stage, and so its wgmma descriptors, is then uniform arithmetic (with
+  // the loop count below), not per-lane values moved over before each HGMMA.
+  seq = warp_uniform(seq);
+  core.q_desc = warp_uniform(core.q_desc);
   auto stage_of = [&](int j) { return (int)((seq + (unsigned)j) % STAGES); };
   auto parity_of = [&](int j) { return ((seq + (unsigned)j) / STAGES) & 1u; };
   auto vis_of = [&](int j) {
@@ -280,7 +285,8 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
     core.softmax(s, vis, scale_log2, alpha);
     core.pack_p(s, alpha, vis > 0, pa);
     [[maybe_unused]] long long edge_cyc = NSA_TRACE_CLOCK() - e0;
-    for (int j = 1; j < un.nu; ++j) {
+    const int nu = (int)warp_uniform((u32)un.nu);  // a uniform trip count keeps j uniform
+    for (int j = 1; j < nu; ++j) {
       [[maybe_unused]] const long long t0 = NSA_TRACE_CLOCK();
       k_landed(j);
       v_landed(j - 1);
@@ -521,7 +527,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   // of 1024 bytes, so the Q tiles after it are aligned as the swizzle needs.
   elem_t* k_ring = align_ring<true>(reinterpret_cast<elem_t*>(after_barriers));
   elem_t* v_ring = k_ring + STAGES * K_SLOT;
-  const u32 q_tiles = smem_addr(v_ring + STAGES * V_SLOT);
+  // The same shared addresses for the consumers, computed from the dynamic-shared symbol's,
+  // which ptxas knows (align_ring's rounding, in 32-bit arithmetic), so that their wgmma
+  // descriptors are constants plus uniform offsets; smem_addr(k_ring), built through generic
+  // pointers, reached ptxas as a per-lane value (docs/performance.md v16).
+  constexpr u32 AFTER_BARRIERS = (u32)((TMA ? 2 : 1) * UNION_BYTES + nsa_layout::prefill_group_barrier_bytes(STAGES));
+  constexpr u32 ALIGN = (u32)nsa_layout::kTmaAlign;
+  const u32 k_ring_addr = (smem_addr(dynamic_smem()) + AFTER_BARRIERS + ALIGN - 1u) & ~(ALIGN - 1u);
+  const u32 v_ring_addr = k_ring_addr + (u32)(STAGES * K_SLOT * 2);
+  const u32 q_tiles = v_ring_addr + (u32)(STAGES * V_SLOT * 2);
 #else
   // [union (a second one with tma = 1) | barriers | Q rows per consumer | ring]
   elem_t* q_all = reinterpret_cast<elem_t*>(after_barriers);
@@ -553,7 +567,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
 
   Core core;
 #if NSA_PREFILL_GROUP
-  if (warp < QTILE) core.init(q_tiles + (u32)((warp >> 2) * Core::Q_GROUP_BYTES), smem_addr(k_ring), smem_addr(v_ring));
+  if (warp < QTILE) core.init(q_tiles + (u32)((NGROUPS > 1 ? (warp >> 2) : 0) * Core::Q_GROUP_BYTES), k_ring_addr, v_ring_addr);
 #else
   if (warp < QTILE) core.init_warp(q_all + warp * 16 * Core::QSTR, k_ring, v_ring);
 #endif
@@ -607,7 +621,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
     QueryTile tile = query_tile<QTILE>(blockIdx.x, qtiles, p);
     const int lane = threadIdx.x & 31;
     auto q_tile_of = [&](long long kk) {  // the group's Q tile of this CTA's kk-th item
-      return q_tiles + (u32)((((int)(kk % Q_TILES)) * NGROUPS + (warp >> 2)) * Core::Q_GROUP_BYTES);
+      return q_tiles + (u32)((((int)(kk % Q_TILES)) * NGROUPS + (NGROUPS > 1 ? (warp >> 2) : 0)) * Core::Q_GROUP_BYTES);
     };
     if (warp < tile.nq) issue_q(tile);
     {

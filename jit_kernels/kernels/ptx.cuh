@@ -144,6 +144,17 @@ __device__ __forceinline__ u32 wgmma_desc_lo(u32 addr, u32 lbo) {
   return ((addr & 0x3ffffu) >> 4) | ((lbo >> 4) << 16);
 }
 constexpr u32 wgmma_desc_hi(u32 sbo) { return (sbo >> 4) | (1u << 30); }
+/// `v`, which every lane of the warp holds, as a value ptxas knows is the warp's: redux.sync
+/// writes a uniform register. What is computed from it and from constants then stays in the
+/// uniform datapath, where an HGMMA reads its descriptors, instead of being computed per lane
+/// and moved over with an R2UR at every HGMMA (docs/performance.md v16). All 32 lanes must be
+/// active. It costs a REDUX and its latency: call it once per tile, not per block (per block it
+/// was 3% slower, v16).
+__device__ __forceinline__ u32 warp_uniform(u32 v) {
+  u32 r;
+  asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;\n" : "=r"(r) : "r"(v));
+  return r;
+}
 __device__ __forceinline__ unsigned long long wgmma_desc_of(u32 lo, u32 hi) {
   return ((unsigned long long)hi << 32) | lo;
 }
