@@ -52,6 +52,10 @@
 
 #include "attention_core.cuh"
 
+/// UNIFORM_DESCRIPTORS: the caller makes the descriptors' sources warp-uniform as ptxas sees
+/// them (one group: prefill_stream.cu's consume), so they live in uniform registers; else they
+/// are per-lane values, and Q's are re-read for every block rather than held (see issue_s).
+template <bool UNIFORM_DESCRIPTORS>
 struct GroupCore {
   static constexpr int PANEL_ROWS_BYTES = 128;         // one row of a 64-element panel
   static constexpr int K_PANEL = BLK * 128;            // bytes of one panel of a ring slot's operand
@@ -143,11 +147,14 @@ struct GroupCore {
   /// 32 bytes into the rows of panel ks / 4. `s` is in flight until the group is waited for.
   __device__ __forceinline__ void issue_s(Scores& s, int slot) const {
     const u32 k_slot = k_desc + (u32)(slot * (K_SLOT_BYTES >> 4));
-    // Every descriptor here is the warp's (q_desc, k_desc and v_desc made so by the caller:
-    // consume's warp_uniform, init's constant addresses; the slot from a uniform count), so
-    // ptxas builds them in uniform registers, an add each; built per lane, each HGMMA cost four
-    // R2UR and the Q descriptors, held in vector registers, spilled (docs/performance.md v16).
-    const u32 q_lo = q_desc;
+    // With UNIFORM_DESCRIPTORS every descriptor here is the warp's (q_desc, k_desc and v_desc
+    // made so by the caller: consume's warp_uniform, init's constant addresses; the slot from a
+    // uniform count), so ptxas builds them in uniform registers, an add each; built per lane,
+    // each HGMMA costs four R2UR (docs/performance.md v16). Per lane, Q's loop-invariant
+    // descriptors held across the loop would take 16 registers, which the overlapped consume
+    // has not got (ptxas hoisted them and spilled them): then they are rebuilt here.
+    u32 q_lo = q_desc;
+    if constexpr (!UNIFORM_DESCRIPTORS) asm volatile("mov.b32 %0, %1;" : "=r"(q_lo) : "r"(q_desc));
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < DQK / 16; ++ks) {

@@ -114,7 +114,8 @@ static_assert(TMA && QTILE % 4 == 0, "prefill_group reads TMA rings with consume
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "prefill_group needs wgmma: compile for sm_90a (the catalog's compile target for sm_90)"
 #endif
-using Core = GroupCore;
+// One group's descriptors are made warp-uniform (consume, and the addresses in the kernel).
+using Core = GroupCore<QTILE == 4>;
 // One warpgroup (5 warps) runs two CTAs per SM (the catalog offers only settings where two fit):
 // 168 registers a thread, three warps to a scheduler.
 constexpr int MIN_CTAS = nsa_layout::prefill_group_ctas_per_sm(WARPS);
@@ -244,11 +245,15 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
   const int lane = core.lane;
   const int grp = q >> 2;
   core.reset();
-  // The ring position and the Q tile's descriptor as the warp's own (uniform) values, once a
-  // tile: every block's stage, and so its wgmma descriptors, is then uniform arithmetic (with
-  // the loop count below), not per-lane values moved over before each HGMMA.
-  seq = warp_uniform(seq);
-  core.q_desc = warp_uniform(core.q_desc);
+  // One group: the ring position and the Q tile's descriptor as the warp's own (uniform)
+  // values, once a tile, so that every block's stage, and with it its wgmma descriptors, is
+  // uniform arithmetic (with the loop count below), not per-lane values moved over before each
+  // HGMMA. (Two groups' runs end where a group's blocks do, a per-lane condition: there the
+  // descriptors stay per lane, and the REDUXes would only cost; not measured.)
+  if constexpr (QTILE == 4) {
+    seq = warp_uniform(seq);
+    core.q_desc = warp_uniform(core.q_desc);
+  }
   auto stage_of = [&](int j) { return (int)((seq + (unsigned)j) % STAGES); };
   auto parity_of = [&](int j) { return ((seq + (unsigned)j) / STAGES) & 1u; };
   auto vis_of = [&](int j) {
@@ -527,15 +532,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS) NSA_PREFILL_ENTR
   // of 1024 bytes, so the Q tiles after it are aligned as the swizzle needs.
   elem_t* k_ring = align_ring<true>(reinterpret_cast<elem_t*>(after_barriers));
   elem_t* v_ring = k_ring + STAGES * K_SLOT;
-  // The same shared addresses for the consumers, computed from the dynamic-shared symbol's,
-  // which ptxas knows (align_ring's rounding, in 32-bit arithmetic), so that their wgmma
-  // descriptors are constants plus uniform offsets; smem_addr(k_ring), built through generic
-  // pointers, reached ptxas as a per-lane value (docs/performance.md v16).
-  constexpr u32 AFTER_BARRIERS = (u32)((TMA ? 2 : 1) * UNION_BYTES + nsa_layout::prefill_group_barrier_bytes(STAGES));
-  constexpr u32 ALIGN = (u32)nsa_layout::kTmaAlign;
-  const u32 k_ring_addr = (smem_addr(dynamic_smem()) + AFTER_BARRIERS + ALIGN - 1u) & ~(ALIGN - 1u);
-  const u32 v_ring_addr = k_ring_addr + (u32)(STAGES * K_SLOT * 2);
-  const u32 q_tiles = v_ring_addr + (u32)(STAGES * V_SLOT * 2);
+  // With one group, the same shared addresses for the consumers computed from the
+  // dynamic-shared symbol's, which ptxas knows (align_ring's rounding, in 32-bit arithmetic), so
+  // that their wgmma descriptors are constants plus uniform offsets; smem_addr(k_ring), built
+  // through generic pointers, reaches ptxas as a per-lane value (docs/performance.md v16). Two
+  // groups keep that (their descriptors stay per lane: consume).
+  u32 k_ring_addr = smem_addr(k_ring), v_ring_addr = smem_addr(v_ring);
+  u32 q_tiles = smem_addr(v_ring + STAGES * V_SLOT);
+  if constexpr (NGROUPS == 1) {
+    constexpr u32 AFTER_BARRIERS =
+        (u32)((TMA ? 2 : 1) * UNION_BYTES + nsa_layout::prefill_group_barrier_bytes(STAGES));
+    constexpr u32 ALIGN = (u32)nsa_layout::kTmaAlign;
+    k_ring_addr = (smem_addr(dynamic_smem()) + AFTER_BARRIERS + ALIGN - 1u) & ~(ALIGN - 1u);
+    v_ring_addr = k_ring_addr + (u32)(STAGES * K_SLOT * 2);
+    q_tiles = v_ring_addr + (u32)(STAGES * V_SLOT * 2);
+  }
 #else
   // [union (a second one with tma = 1) | barriers | Q rows per consumer | ring]
   elem_t* q_all = reinterpret_cast<elem_t*>(after_barriers);
