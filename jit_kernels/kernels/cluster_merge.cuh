@@ -15,19 +15,8 @@
 #include "attention_core.cuh"
 #include "trace.cuh"
 
-/// Writes chunk `ch` of head `i` of this CTA's partial (and m, l with chunk 0).
-__device__ __forceinline__ void store_partial_chunk(float* part, int i, int ch, const float (&acc)[8], float m, float l) {
-  float4* dst = reinterpret_cast<float4*>(part + i * DV + ch * 8);
-  dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-  dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
-  if (ch == 0) {
-    part[H * DV + i] = m;
-    part[H * DV + H + i] = l;
-  }
-}
-
-/// store_partial_chunk for NQ 4-wide quads of head i, quad j at column 4 column_quad(j); m and l
-/// with `first`.
+/// Writes NQ 4-wide quads of head `i` of this CTA's partial, quad j at column 4 column_quad(j),
+/// and m, l with `first`.
 template <int NQ, class ColumnQuad>
 __device__ __forceinline__ void store_partial_quads(float* part, int i, ColumnQuad column_quad,
                                                     const float (&acc)[4 * NQ], float m, float l, bool first) {
@@ -39,6 +28,11 @@ __device__ __forceinline__ void store_partial_quads(float* part, int i, ColumnQu
     part[H * DV + i] = m;
     part[H * DV + H + i] = l;
   }
+}
+
+/// store_partial_quads for the 8-wide chunk `ch` of head `i` (m and l with chunk 0).
+__device__ __forceinline__ void store_partial_chunk(float* part, int i, int ch, const float (&acc)[8], float m, float l) {
+  store_partial_quads<2>(part, i, [&](int j) { return 2 * ch + j; }, acc, m, l, ch == 0);
 }
 
 /// Merges the row's SPLIT partials at `part` (this CTA's; the peers' at the same offset) and
