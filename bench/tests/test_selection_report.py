@@ -275,6 +275,20 @@ class Runner(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(self.out)),
                          ["selection-report-raw.tar.gz", "selection-report.json", "selection-report.md"])
 
+    def test_bench_args_are_passed_and_stated(self):
+        # A --variants filter narrows what is timed; the table must say so, not claim the catalog.
+        p = self.report("--cases", "d128.prefill.t8192", "--no-torch", "--bench-arg=--variants",
+                        "--bench-arg=tma1_warps12")
+        self.assertEqual(p.returncode, 0, p.stderr + p.stdout)
+        (bench,) = [c for c in self.calls() if c[0] == "bench"]
+        self.assertEqual(bench[bench.index("--variants") + 1], "tma1_warps12")
+        self.assertIn("only what `--variants tma1_warps12` (--bench-arg) selects is timed", p.stdout)
+        self.assertNotIn("every other catalog variant is timed", p.stdout)
+        again = subprocess.run([sys.executable, REPORT, "--from-json", self.out], capture_output=True, text=True,
+                               timeout=60)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("only what `--variants tma1_warps12` (--bench-arg) selects is timed", again.stdout)
+
     def test_missing_binary(self):
         os.remove(os.path.join(self.prefix, "bin", "nsa-bench-kernels"))
         p = self.report()
