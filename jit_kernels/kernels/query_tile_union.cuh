@@ -8,6 +8,13 @@
 //      the distinct values give the union list ulist[0 .. nu) in ascending block order;
 //   3. each valid slot finds its block in the list by binary search and sets its query's bit in
 //      umask[u] (atomicOr), so umask[u] says which queries selected union block u.
+// With NSA_UNION_IN_REGISTERS 1 and E <= 256 (every n = 16 tile) one warp does all of it in
+// registers instead, E / 32 keys a lane, the sort's cross-lane steps as shuffles: no barrier but
+// the warp's, so that a persistent kernel's producer warp might build the next union within what
+// its ring buffers (the shared-memory sort, ~3-5 us, does not: docs/performance.md, v9). It is
+// off (0, the default) until a GPU has checked and timed it: written in the thirteenth session,
+// which had no device time left to run it (v17 says what to measure). Larger tiles always take
+// the shared-memory sort (one element a thread, a barrier a step).
 // Queries of one tile are consecutive, so query q's limit is lim0 + q (never above T_kv), and
 // the blocks ulist[0, nlow) end at or below lim0: every query that selected one sees all of it
 // (ascending order makes them a prefix).
@@ -18,6 +25,10 @@
 #pragma once
 
 #include "common.cuh"
+
+#ifndef NSA_UNION_IN_REGISTERS
+#define NSA_UNION_IN_REGISTERS 0
+#endif
 
 /// Work item `item` of the query-tile designs: items are numbered (b, g, tile) with the tile
 /// fastest, so neighbouring CTAs take neighbouring queries of one (b, g), which share blocks in L2.
@@ -47,6 +58,9 @@ struct QueryTileUnion {
   static constexpr int SLOTS = QTILE * NSEL;
   static constexpr int SORT_N = nsa_layout::union_sort_size(QTILE, NSEL);
   static constexpr int kNone = 0x7fffffff;
+  // The register build: PER keys a lane (key e = lane * PER + r), for sorts of up to 256 keys.
+  static constexpr bool IN_REGISTERS = NSA_UNION_IN_REGISTERS != 0 && SORT_N <= 256;
+  static constexpr int PER = SORT_N >= 32 ? SORT_N / 32 : 1;
   static_assert(QTILE >= 1 && QTILE <= 32, "qtile must be in [1, 32] (one mask bit per query)");
 
   int* sort_s;
@@ -77,7 +91,13 @@ struct QueryTileUnion {
   /// (THREADS of them) and gets the same nu and nlow; it synchronises the CTA, and the caller must
   /// synchronise before building the next tile's union over this one.
   __device__ __forceinline__ void build(const int* sel_tile, int nq, long long lim0) {
-    build_by<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x);
+    if constexpr (IN_REGISTERS) {
+      if (threadIdx.x < 32) build_in_registers(sel_tile, nq, lim0, (int)threadIdx.x);
+      __syncthreads();
+      read_counts();
+    } else {
+      build_by<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x);
+    }
   }
 
   /// build() by one warp alone (prefill_stream's producer warp builds the next tile's union into
@@ -85,7 +105,11 @@ struct QueryTileUnion {
   /// Every lane of the calling warp calls it; other warps read the result only after a barrier
   /// that orders them after it (then read_counts()).
   __device__ __forceinline__ void build_warp(const int* sel_tile, int nq, long long lim0) {
-    build_by<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
+    if constexpr (IN_REGISTERS) {
+      build_in_registers(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
+    } else {
+      build_by<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
+    }
   }
 
   /// nu and nlow from the union's shared memory, for a thread that did not build it.
@@ -139,6 +163,94 @@ struct QueryTileUnion {
   }
 
  private:
+  /// Puts the smaller of keys (a, b) in a when `ascending`, else the larger.
+  __device__ __forceinline__ static void order_pair(int& a, int& b, bool ascending) {
+    const int lo = min(a, b), hi = max(a, b);
+    a = ascending ? lo : hi;
+    b = ascending ? hi : lo;
+  }
+
+  /// The union built by one warp (every lane calls it) in registers: the slots' blocks are keys
+  /// lane * PER + r of a bitonic sort over 32 * PER keys (steps within a lane compare registers,
+  /// steps across lanes exchange them by shuffle), whose distinct valid keys are compacted into
+  /// ulist by ballots (lane-major order: every key of a lower lane precedes this lane's); each
+  /// slot's block, kept from the load, is then found in ulist by binary search (the PER searches
+  /// of a lane independent) and its query's bit set in umask. Leaves nu and nlow in every lane;
+  /// lane 0 also stores them in scalars for read_counts(). Only __syncwarp orders the steps.
+  __device__ __forceinline__ void build_in_registers(const int* sel_tile, int nq, long long lim0, int lane) {
+    int key[PER], slot[PER];
+#pragma unroll
+    for (int r = 0; r < PER; ++r) {
+      const int e = lane * PER + r;
+      slot[r] = e < SLOTS ? slot_block(sel_tile, e, nq, lim0) : kNone;
+      key[r] = slot[r];
+    }
+#pragma unroll
+    for (int k = 2; k <= 32 * PER; k <<= 1) {
+#pragma unroll
+      for (int j = k >> 1; j > 0; j >>= 1) {
+        if (j < PER) {  // both keys in this lane: registers r and r + j
+#pragma unroll
+          for (int r = 0; r < PER; ++r)
+            if ((r & j) == 0) order_pair(key[r], key[r + j], ((lane * PER + r) & k) == 0);
+        } else {  // key e and e ^ j are register r of this lane and of lane ^ (j / PER)
+          const int other = j / PER;
+          const bool upper = (lane & other) != 0;
+#pragma unroll
+          for (int r = 0; r < PER; ++r) {
+            const int theirs = __shfl_xor_sync(0xffffffffu, key[r], other);
+            const bool ascending = ((lane * PER + r) & k) == 0;
+            // The lower key of the pair keeps the smaller when ascending, the upper the larger.
+            const bool keep_small = ascending != upper;
+            key[r] = keep_small ? min(key[r], theirs) : max(key[r], theirs);
+          }
+        }
+      }
+    }
+    // Distinct valid keys: key e differs from key e - 1 (the previous lane's last for r = 0).
+    const int before = __shfl_up_sync(0xffffffffu, key[PER - 1], 1);
+    const unsigned below = (1u << lane) - 1u;
+    int at = 0, n_union = 0, n_low = 0;
+    bool keep[PER];
+#pragma unroll
+    for (int r = 0; r < PER; ++r) {
+      const int prev = r > 0 ? key[r - 1] : (lane > 0 ? before : -1);
+      keep[r] = key[r] != kNone && key[r] != prev;
+      const unsigned kb = __ballot_sync(0xffffffffu, keep[r]);
+      at += __popc(kb & below);
+      n_union += __popc(kb);
+      n_low += __popc(__ballot_sync(0xffffffffu, keep[r] && ((long long)key[r] + 1) * BLK <= lim0));
+    }
+#pragma unroll
+    for (int r = 0; r < PER; ++r) {
+      if (keep[r]) {
+        ulist[at] = key[r];
+        umask[at] = 0u;
+      }
+      at += keep[r] ? 1 : 0;
+    }
+    __syncwarp();  // ulist and the cleared masks are written before any lane searches or sets bits
+#pragma unroll
+    for (int r = 0; r < PER; ++r) {
+      const int c = slot[r];
+      if (c == kNone) continue;
+      int lo = 0, hi = n_union - 1;  // c is in ulist[0, n_union): binary search
+      while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (ulist[mid] < c) lo = mid + 1;
+        else hi = mid;
+      }
+      atomicOr(&umask[lo], 1u << ((lane * PER + r) / NSEL));
+    }
+    if (lane == 0) {
+      scalars[0] = n_union;
+      scalars[1] = n_low;
+    }
+    __syncwarp();
+    nu = n_union;
+    nlow = n_low;
+  }
+
   template <int NT, bool WARP_ONLY>
   __device__ __forceinline__ static void sync_group() {
     if constexpr (WARP_ONLY) {

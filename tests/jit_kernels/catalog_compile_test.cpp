@@ -18,6 +18,8 @@
 
 #include "nsa/jit/catalog.hpp"
 #include "nsa/jit/compiler.hpp"
+#include "nsa/jit/nvrtc.hpp"
+#include "nsa/jit/sources.hpp"
 
 using namespace nsa::jit;
 
@@ -129,4 +131,31 @@ TEST(EveryKnobSetting, CompilesForSm90) {
     failed += o.result ? 0 : 1;
   }
   std::printf("%zu variants compiled for sm_90, %zu failed\n", variants.size(), failed);
+}
+
+// query_tile_union.cuh's register build of the union is off in the catalog's compiles until a GPU
+// has checked it (NSA_UNION_IN_REGISTERS, docs/performance.md v17); this keeps it compiling, for
+// the settings that would take it (every tile of at most 256 slots) and one that would not.
+TEST(UnionInRegisters, CompilesForTheQueryTileDesigns) {
+  std::vector<KernelVariant> variants;
+  for (Design d : {Design::prefill_shared, Design::prefill_stream, Design::prefill_group}) {
+    const auto offered = variants_for(kD128Bf16, "sm_90", d);
+    ASSERT_FALSE(offered.empty()) << to_string(d);
+    variants.push_back(offered.front());  // the CTA's build (prefill_stream's: 176 slots)
+    auto persistent = std::find_if(offered.begin(), offered.end(), [](const auto& v) { return v.knob("persist", 0) == 1; });
+    if (persistent != offered.end()) variants.push_back(*persistent);  // the one-warp build
+  }
+  variants.push_back(variants_for(FamilySpec{ElemType::bf16, 128, 128, 16, 64, 32}, "sm_90", Design::prefill_stream)
+                         .front());  // 352 slots: the shared-memory sort
+  for (const auto& v : variants) {
+    const std::string name(source_for(v.design));
+    const auto body = find_source(name);
+    ASSERT_TRUE(body) << name;
+    const std::string source =
+        "#define NSA_UNION_IN_REGISTERS 1\n" + v.prelude() + "#line 1 \"" + name + "\"\n" + std::string(*body);
+    auto cubin = compile_source_to_cubin(source, name, v.compile_arch(), v.key() + " (union in registers)");
+    ASSERT_TRUE(cubin) << cubin.error().message() << "\n" << cubin.error().log;
+    std::printf("%s with the union in registers: %d registers, %d bytes spilled\n", v.key().c_str(), cubin->registers,
+                cubin->spill_bytes);
+  }
 }

@@ -319,6 +319,23 @@ TEST_P(KnobSweep, EveryVariantMatchesTheReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, KnobSweep, ::testing::ValuesIn(sweep_cases()),
                          [](const auto& info) { return info.param.name; });
 
+// The query-tile union of large tiles ---------------------------------------------------------------
+
+// The sweep above builds unions of at most 11 x 16 = 176 slots; n = 32 doubles them (352 for
+// prefill_stream's 11 queries), past the 256 up to which NSA_UNION_IN_REGISTERS sorts them in one
+// warp's registers (query_tile_union.cuh): every setting of the query-tile designs, the CTA's
+// build and the persistent producer's, on tiles of both sizes.
+TEST(QueryTileUnion, EverySettingOfTheQueryTileDesignsAtN32) {
+  REQUIRE_GPU();
+  const SelectionShape shape = make_shape(1, 400, 3000, 1, 16, 128, 128, 64, 32);
+  std::vector<KernelVariant> variants;
+  for (Design d : {Design::prefill_shared, Design::prefill_stream, Design::prefill_group})
+    for (auto& v : variants_for(family_of(shape, ElemType::bf16), gpu().device.arch, d)) variants.push_back(v);
+  ASSERT_FALSE(variants.empty());
+  std::printf("union n=32: %zu variants\n", variants.size());
+  check_all(variants, shape, ElemType::bf16, SelectionPattern::random, edges(0.1, 1, 0), "union_n32");
+}
+
 // Offsets beyond 2^31 elements ----------------------------------------------------------------------
 
 TEST(LargeOffsets, KAndVBeyond2To31ElementsAreAddressedIn64Bits) {
