@@ -163,6 +163,17 @@ struct QueryTileUnion {
   }
 
  private:
+  /// The position of block c in ulist[0, n), which holds it (binary search of the ascending list).
+  __device__ __forceinline__ int position_of(int c, int n) const {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (ulist[mid] < c) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
   /// Puts the smaller of keys (a, b) in a when `ascending`, else the larger.
   __device__ __forceinline__ static void order_pair(int& a, int& b, bool ascending) {
     const int lo = min(a, b), hi = max(a, b);
@@ -234,13 +245,7 @@ struct QueryTileUnion {
     for (int r = 0; r < PER; ++r) {
       const int c = slot[r];
       if (c == kNone) continue;
-      int lo = 0, hi = n_union - 1;  // c is in ulist[0, n_union): binary search
-      while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (ulist[mid] < c) lo = mid + 1;
-        else hi = mid;
-      }
-      atomicOr(&umask[lo], 1u << ((lane * PER + r) / NSEL));
+      atomicOr(&umask[position_of(c, n_union)], 1u << ((lane * PER + r) / NSEL));
     }
     if (lane == 0) {
       scalars[0] = n_union;
@@ -307,13 +312,7 @@ struct QueryTileUnion {
     for (int e = tid; e < SLOTS; e += NT) {
       const int c = slot_block(sel_tile, e, nq, lim0);
       if (c == kNone) continue;
-      int lo = 0, hi = nu - 1;  // c is in ulist[0, nu): binary search
-      while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (ulist[mid] < c) lo = mid + 1;
-        else hi = mid;
-      }
-      atomicOr(&umask[lo], 1u << (e / NSEL));
+      atomicOr(&umask[position_of(c, nu)], 1u << (e / NSEL));
     }
     sync_group<NT, WARP_ONLY>();
   }
