@@ -47,7 +47,7 @@ def run_order(names, rounds):
 
 
 def load_medians(path):
-    """{(case, pattern, variant): (median_us or None, status, rel_l2)} and the device name."""
+    """{(case, pattern, variant): (median_us or None, status)} and the device name."""
     with open(path) as f:
         data = json.load(f)
     out = {}
@@ -56,7 +56,7 @@ def load_medians(path):
         pattern = res.get("pattern", "?")
         for v in res.get("variants", []):
             key = (case, pattern, v.get("variant", "?"))
-            out[key] = (v.get("median_us"), v.get("status", "?"), v.get("rel_l2"))
+            out[key] = (v.get("median_us"), v.get("status", "?"))
     return out, data.get("device", {}).get("name", "?")
 
 
@@ -131,9 +131,10 @@ def main(argv=None):
         bench_args = bench_args + ["--seed", "1"]  # both builds must time the same inputs
     os.makedirs(args.out, exist_ok=True)
     paths = dict(args.build)
-    measured, devices, problems = {}, set(), []
+    measured, devices, problems, stems = {}, set(), [], []
     for name, r in run_order(names, args.rounds):
         stem = os.path.join(args.out, f"ab-{name}-{r}")
+        stems.append(stem)
         cmd = [paths[name]] + bench_args + ["--json", stem + ".json"]
         print(f"ab_compare.py: {name}, round {r}", file=sys.stderr)
         with open(stem + ".log", "w") as log:
@@ -152,14 +153,13 @@ def main(argv=None):
         if os.path.isfile(stem + ".json"):
             measured[(name, r)], device = load_medians(stem + ".json")
             devices.add(device)
-    raw = [f for name, r in run_order(names, args.rounds) for f in (f"ab-{name}-{r}.json", f"ab-{name}-{r}.log")
-           if os.path.isfile(os.path.join(args.out, f))]
+    raw = [stem + ext for stem in stems for ext in (".json", ".log") if os.path.isfile(stem + ext)]
     with tarfile.open(os.path.join(args.out, "ab-raw.tar.gz"), "w:gz") as tar:
         for f in raw:
-            tar.add(os.path.join(args.out, f), arcname=f)
+            tar.add(f, arcname=os.path.basename(f))
     if not args.keep_raw:
         for f in raw:
-            os.remove(os.path.join(args.out, f))
+            os.remove(f)
     table = render(names, args.rounds, measured, devices, bench_args, problems)
     with open(os.path.join(args.out, "ab-compare.md"), "w") as f:
         f.write(table)

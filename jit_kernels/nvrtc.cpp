@@ -224,7 +224,12 @@ std::expected<Cubin, CompileError> compile_source_to_cubin(std::string_view sour
 }
 
 std::expected<Cubin, CompileError> compile_to_cubin(const KernelVariant& variant) {
-  const std::string key = variant.key();
+  return compile_to_cubin(variant, {}, {});
+}
+
+std::expected<Cubin, CompileError> compile_to_cubin(const KernelVariant& variant, std::string_view defines,
+                                                    std::string_view label) {
+  const std::string key = label.empty() ? variant.key() : variant.key() + " (" + std::string(label) + ")";
   const std::string name(source_for(variant.design));
   const auto body = find_source(name);
   if (!body)
@@ -233,7 +238,8 @@ std::expected<Cubin, CompileError> compile_to_cubin(const KernelVariant& variant
                                      ": add jit_kernels/kernels/" + name + " and rebuild",
                                  options_string(variant.compile_arch()), key));
   // #line makes NVRTC report errors at the .cu file's own line numbers, not the prelude's.
-  std::string source = variant.prelude();
+  std::string source(defines);
+  source += variant.prelude();
   source += "#line 1 \"" + name + "\"\n";
   source += *body;
   return compile_source_to_cubin(source, name, variant.compile_arch(), key);

@@ -29,7 +29,6 @@
 #include "nsa/jit/device.hpp"
 #include "nsa/jit/nvrtc.hpp"
 #include "nsa/jit/runner.hpp"
-#include "nsa/jit/sources.hpp"
 #include "trace.cuh"
 
 using namespace nsa;
@@ -120,11 +119,7 @@ int main(int argc, char** argv) {
     return out;
   };
   auto compile_traced = [](const jit::KernelVariant& v) {
-    const std::string name(jit::source_for(v.design));
-    const auto body = jit::find_source(name);
-    if (!body) die("no embedded source " + name, 3);
-    const std::string source = "#define NSA_TRACE 1\n" + v.prelude() + "#line 1 \"" + name + "\"\n" + std::string(*body);
-    auto cubin = jit::compile_source_to_cubin(source, name, v.compile_arch(), v.key() + " (traced)");
+    auto cubin = jit::compile_to_cubin(v, "#define NSA_TRACE 1\n", "traced");
     if (!cubin) die(cubin.error().message(), 3);
     return std::move(*cubin);
   };

@@ -19,7 +19,6 @@
 #include "nsa/jit/catalog.hpp"
 #include "nsa/jit/compiler.hpp"
 #include "nsa/jit/nvrtc.hpp"
-#include "nsa/jit/sources.hpp"
 
 using namespace nsa::jit;
 
@@ -148,12 +147,7 @@ TEST(UnionInRegisters, CompilesForTheQueryTileDesigns) {
   variants.push_back(variants_for(FamilySpec{ElemType::bf16, 128, 128, 16, 64, 32}, "sm_90", Design::prefill_stream)
                          .front());  // 352 slots: the shared-memory sort
   for (const auto& v : variants) {
-    const std::string name(source_for(v.design));
-    const auto body = find_source(name);
-    ASSERT_TRUE(body) << name;
-    const std::string source =
-        "#define NSA_UNION_IN_REGISTERS 1\n" + v.prelude() + "#line 1 \"" + name + "\"\n" + std::string(*body);
-    auto cubin = compile_source_to_cubin(source, name, v.compile_arch(), v.key() + " (union in registers)");
+    auto cubin = compile_to_cubin(v, "#define NSA_UNION_IN_REGISTERS 1\n", "union in registers");
     ASSERT_TRUE(cubin) << cubin.error().message() << "\n" << cubin.error().log;
     std::printf("%s with the union in registers: %d registers, %d bytes spilled\n", v.key().c_str(), cubin->registers,
                 cubin->spill_bytes);

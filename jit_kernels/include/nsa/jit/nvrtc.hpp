@@ -97,6 +97,12 @@ bool arch_supported(std::string_view arch);
 /// Thread-safe: NVRTC programs are independent.
 std::expected<Cubin, CompileError> compile_to_cubin(const KernelVariant& variant);
 
+/// compile_to_cubin with `defines` (lines of `#define NAME VALUE`) ahead of the prelude, for
+/// builds that are instruments, not catalog variants (nsa-kernel-trace's NSA_TRACE, a switch
+/// under test); `label` names the build in errors, after the variant's key ("traced").
+std::expected<Cubin, CompileError> compile_to_cubin(const KernelVariant& variant, std::string_view defines,
+                                                    std::string_view label);
+
 /// Compiles arbitrary source text for `arch` with the same options and embedded headers: the
 /// primitive under compile_to_cubin, also used by tests (a deliberate syntax error).
 std::expected<Cubin, CompileError> compile_source_to_cubin(std::string_view source,
