@@ -67,7 +67,9 @@ const std::vector<Knob>& knobs_of(Design d) {
   // builds the next tile's union while the ring streams this one; persist = 0 one CTA per tile.
   // On the H200 (docs/performance.md, v9) persist = 1 won only where two CTAs share an SM (4
   // warps, the other CTA hiding the build), by 0.8% at T = 32768 random, and lost 4-13% with one
-  // CTA per SM (the one-warp build outlasted the ring), so it is offered only where two fit.
+  // CTA per SM (the one-warp build outlasted the ring), so it is offered only where two fit. On
+  // the H100 (v18) the 12-warp setting with persist = 1 and the union built in one warp's
+  // registers was 13-17% slower than with persist = 0.
   static const std::vector<Knob> stream = {{"tma", {1, 0}},
                                            {"warps", {12, 16, 8, 4}},
                                            {"producers", {2, 4, 1}},
@@ -275,8 +277,9 @@ std::string prefill_stream_problem(const KernelVariant& v) {
     return "persist=1 overlaps tiles by having the TMA producer warp build the next tile's union; with cp.async "
            "producers (tma=0) no warp is free for it: use persist=0";
   if (knob_value(v, "persist") == 1 && resident_ctas_per_sm(v) < 2)
-    return "persist=1 with one CTA per SM was 4-13% slower than persist=0 on the H200 (the producer warp's union "
-           "build outlasts the ring, and no second CTA hides it): it is offered where two CTAs share an SM";
+    return "persist=1 with one CTA per SM was 4-13% slower than persist=0 on the H200, and 13-17% on the H100 with "
+           "the union built in registers (the producer warp's build stalls the ring, and no second CTA hides it): it "
+           "is offered where two CTAs share an SM";
   if (knob_value(v, "tma") == 1 && warps > 12)
     return "tma=1 with warps=" + std::to_string(warps) + " spills: its pipelined loop does not fit the 128 registers "
            "a thread has at 16 warps (ptxas on sm_90: 88-260 bytes of spills): use warps <= 12";

@@ -8,13 +8,16 @@
 //      the distinct values give the union list ulist[0 .. nu) in ascending block order;
 //   3. each valid slot finds its block in the list by binary search and sets its query's bit in
 //      umask[u] (atomicOr), so umask[u] says which queries selected union block u.
-// With NSA_UNION_IN_REGISTERS 1 and E <= 256 (every n = 16 tile) one warp does all of it in
-// registers instead, E / 32 keys a lane, the sort's cross-lane steps as shuffles: no barrier but
-// the warp's, so that a persistent kernel's producer warp might build the next union within what
-// its ring buffers (the shared-memory sort, ~3-5 us, does not: docs/performance.md, v9). It is
-// off (0, the default) until a GPU has checked and timed it: written in the thirteenth session,
-// which had no device time left to run it (v17 says what to measure). Larger tiles always take
-// the shared-memory sort (one element a thread, a barrier a step).
+// NSA_UNION_BUILD chooses how steps 1-3 are done. 0 (the default): in shared memory as above,
+// one element a thread, a CTA (or warp) barrier a sort step. 1: for E <= 256 (every n = 16 tile)
+// one warp sorts in registers, E / 32 keys a lane, the cross-lane steps as shuffles, no barrier
+// but the warp's. 2: a bitmap of the blocks the tile's queries may see replaces the sort, where
+// it fits the sort's buffer (E words: 32 * E blocks): the slots set their blocks' bits, one warp
+// turns the words into the ascending list, four barriers in all; larger contexts sort. 1 was
+// measured on the H100 (docs/performance.md, v18): 2-3% slower for the 12-warp prefill_stream
+// tile, 5% faster for prefill_group's non-persistent clustered tiles, 7% slower for its
+// persistent ones at D_qk = 192: not a default. 2 is compiled, in CI, but has not run on a GPU
+// (v18 says what to run). Both stay until that run has compared them.
 // Queries of one tile are consecutive, so query q's limit is lim0 + q (never above T_kv), and
 // the blocks ulist[0, nlow) end at or below lim0: every query that selected one sees all of it
 // (ascending order makes them a prefix).
@@ -26,8 +29,8 @@
 
 #include "common.cuh"
 
-#ifndef NSA_UNION_IN_REGISTERS
-#define NSA_UNION_IN_REGISTERS 0
+#ifndef NSA_UNION_BUILD
+#define NSA_UNION_BUILD 0
 #endif
 
 /// Work item `item` of the query-tile designs: items are numbered (b, g, tile) with the tile
@@ -58,8 +61,10 @@ struct QueryTileUnion {
   static constexpr int SLOTS = QTILE * NSEL;
   static constexpr int SORT_N = nsa_layout::union_sort_size(QTILE, NSEL);
   static constexpr int kNone = 0x7fffffff;
-  // The register build: PER keys a lane (key e = lane * PER + r), for sorts of up to 256 keys.
-  static constexpr bool IN_REGISTERS = NSA_UNION_IN_REGISTERS != 0 && SORT_N <= 256;
+  // The register build (NSA_UNION_BUILD 1): PER keys a lane (key e = lane * PER + r), for sorts
+  // of up to 256 keys. The bitmap build (2): where the tile's visible blocks fit SORT_N words.
+  static constexpr bool IN_REGISTERS = NSA_UNION_BUILD == 1 && SORT_N <= 256;
+  static constexpr bool BY_BITMAP = NSA_UNION_BUILD == 2;
   static constexpr int PER = SORT_N >= 32 ? SORT_N / 32 : 1;
   static_assert(QTILE >= 1 && QTILE <= 32, "qtile must be in [1, 32] (one mask bit per query)");
 
@@ -96,6 +101,10 @@ struct QueryTileUnion {
       __syncthreads();
       read_counts();
     } else {
+      if constexpr (BY_BITMAP) {
+        if (const int words = bitmap_words(nq, lim0); words <= SORT_N)
+          return build_by_bitmap<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x, words);
+      }
       build_by<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x);
     }
   }
@@ -108,6 +117,10 @@ struct QueryTileUnion {
     if constexpr (IN_REGISTERS) {
       build_in_registers(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
     } else {
+      if constexpr (BY_BITMAP) {
+        if (const int words = bitmap_words(nq, lim0); words <= SORT_N)
+          return build_by_bitmap<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31), words);
+      }
       build_by<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
     }
   }
@@ -265,6 +278,81 @@ struct QueryTileUnion {
     }
   }
 
+  /// The last step of build_by and build_by_bitmap, once ulist and its cleared masks are written
+  /// and scalars holds the counts: every thread reads the counts, and each valid slot sets its
+  /// query's bit in its block's mask (found in ulist by binary search).
+  template <int NT, bool WARP_ONLY>
+  __device__ __forceinline__ void set_masks(const int* sel_tile, int nq, long long lim0, int tid) {
+    sync_group<NT, WARP_ONLY>();
+    nu = scalars[0];
+    nlow = scalars[1];
+    for (int e = tid; e < SLOTS; e += NT) {
+      const int c = slot_block(sel_tile, e, nq, lim0);
+      if (c == kNone) continue;
+      atomicOr(&umask[position_of(c, nu)], 1u << (e / NSEL));
+    }
+    sync_group<NT, WARP_ONLY>();
+  }
+
+  /// Words of a bitmap with a bit for every block some query of the tile may see: blocks c with
+  /// c * BLK below the last query's limit lim0 + nq - 1 (0 when no query sees a key).
+  __device__ __forceinline__ static int bitmap_words(int nq, long long lim0) {
+    const long long lim = lim0 + nq - 1;
+    return lim <= 0 ? 0 : (int)(((lim + BLK - 1) / BLK + 31) / 32);
+  }
+
+  /// The union built by NT threads (tid in [0, NT)) as a bitmap of the visible blocks in sort_s
+  /// (`words` <= SORT_N of them: bit c % 32 of word c / 32 is block c), synchronised by
+  /// sync_group: the slots set their blocks' bits (duplicates fall together), one warp turns the
+  /// words into ulist in ascending order (a scan of their popcounts gives each word's first
+  /// position), and each slot finds its block in ulist by binary search. Four barriers instead of
+  /// the sort's log2(SORT_N) * (log2(SORT_N) + 1) / 2.
+  template <int NT, bool WARP_ONLY>
+  __device__ __forceinline__ void build_by_bitmap(const int* sel_tile, int nq, long long lim0, int tid, int words) {
+    unsigned* bits = reinterpret_cast<unsigned*>(sort_s);
+    for (int w = tid; w < words; w += NT) bits[w] = 0u;
+    sync_group<NT, WARP_ONLY>();
+    for (int e = tid; e < SLOTS; e += NT) {
+      const int c = slot_block(sel_tile, e, nq, lim0);
+      if (c != kNone) atomicOr(&bits[c >> 5], 1u << (c & 31));
+    }
+    sync_group<NT, WARP_ONLY>();
+    if (tid < 32) {
+      // Blocks below low_end end at or below lim0: every query that selected one sees all of it.
+      const long long low_end = lim0 > 0 ? lim0 / BLK : 0;
+      int n_union = 0, n_low = 0;
+      for (int w0 = 0; w0 < words; w0 += 32) {
+        const int w = w0 + tid;
+        unsigned word = w < words ? bits[w] : 0u;
+        const int count = __popc(word);
+        int upto = count;  // inclusive scan of the counts over the lanes
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const int t = __shfl_up_sync(0xffffffffu, upto, o);
+          if (tid >= o) upto += t;
+        }
+        const long long first = (long long)w * 32;
+        const unsigned low_bits =
+            low_end >= first + 32 ? 0xffffffffu : low_end <= first ? 0u : (1u << (int)(low_end - first)) - 1u;
+        int low = __popc(word & low_bits);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) low += __shfl_xor_sync(0xffffffffu, low, o);
+        int at = n_union + upto - count;
+        n_union += __shfl_sync(0xffffffffu, upto, 31);
+        n_low += low;
+        for (; word != 0u; word &= word - 1u, ++at) {
+          ulist[at] = w * 32 + __ffs(word) - 1;
+          umask[at] = 0u;
+        }
+      }
+      if (tid == 0) {
+        scalars[0] = n_union;
+        scalars[1] = n_low;
+      }
+    }
+    set_masks<NT, WARP_ONLY>(sel_tile, nq, lim0, tid);
+  }
+
   /// The union built by NT threads (tid in [0, NT)), synchronised by sync_group.
   template <int NT, bool WARP_ONLY>
   __device__ __forceinline__ void build_by(const int* sel_tile, int nq, long long lim0, int tid) {
@@ -306,14 +394,6 @@ struct QueryTileUnion {
         scalars[1] = n_low;
       }
     }
-    sync_group<NT, WARP_ONLY>();
-    nu = scalars[0];
-    nlow = scalars[1];
-    for (int e = tid; e < SLOTS; e += NT) {
-      const int c = slot_block(sel_tile, e, nq, lim0);
-      if (c == kNone) continue;
-      atomicOr(&umask[position_of(c, nu)], 1u << (e / NSEL));
-    }
-    sync_group<NT, WARP_ONLY>();
+    set_masks<NT, WARP_ONLY>(sel_tile, nq, lim0, tid);
   }
 };

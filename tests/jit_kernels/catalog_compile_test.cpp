@@ -132,10 +132,11 @@ TEST(EveryKnobSetting, CompilesForSm90) {
   std::printf("%zu variants compiled for sm_90, %zu failed\n", variants.size(), failed);
 }
 
-// query_tile_union.cuh's register build of the union is off in the catalog's compiles until a GPU
-// has checked it (NSA_UNION_IN_REGISTERS, docs/performance.md v17); this keeps it compiling, for
-// the settings that would take it (every tile of at most 256 slots) and one that would not.
-TEST(UnionInRegisters, CompilesForTheQueryTileDesigns) {
+// query_tile_union.cuh's other two builds of the union, in registers (NSA_UNION_BUILD 1) and as a
+// bitmap (2), are off in the catalog's compiles until a GPU run has compared them (docs/performance.md
+// v18); this keeps both compiling, for the CTA's build and the persistent one-warp build of each
+// query-tile design, and for a tile of 352 slots (past the register build's 256: the sort).
+TEST(UnionBuilds, CompileForTheQueryTileDesigns) {
   std::vector<KernelVariant> variants;
   for (Design d : {Design::prefill_shared, Design::prefill_stream, Design::prefill_group}) {
     const auto offered = variants_for(kD128Bf16, "sm_90", d);
@@ -145,11 +146,13 @@ TEST(UnionInRegisters, CompilesForTheQueryTileDesigns) {
     if (persistent != offered.end()) variants.push_back(*persistent);  // the one-warp build
   }
   variants.push_back(variants_for(FamilySpec{ElemType::bf16, 128, 128, 16, 64, 32}, "sm_90", Design::prefill_stream)
-                         .front());  // 352 slots: the shared-memory sort
-  for (const auto& v : variants) {
-    auto cubin = compile_to_cubin(v, "#define NSA_UNION_IN_REGISTERS 1\n", "union in registers");
-    ASSERT_TRUE(cubin) << cubin.error().message() << "\n" << cubin.error().log;
-    std::printf("%s with the union in registers: %d registers, %d bytes spilled\n", v.key().c_str(), cubin->registers,
-                cubin->spill_bytes);
-  }
+                         .front());  // 352 slots
+  for (const auto& [define, label] : {std::pair{"#define NSA_UNION_BUILD 1\n", "union in registers"},
+                                      std::pair{"#define NSA_UNION_BUILD 2\n", "union as a bitmap"}})
+    for (const auto& v : variants) {
+      auto cubin = compile_to_cubin(v, define, label);
+      ASSERT_TRUE(cubin) << label << ": " << cubin.error().message() << "\n" << cubin.error().log;
+      std::printf("%s with the %s: %d registers, %d bytes spilled\n", v.key().c_str(), label, cubin->registers,
+                  cubin->spill_bytes);
+    }
 }

@@ -321,19 +321,34 @@ INSTANTIATE_TEST_SUITE_P(Shapes, KnobSweep, ::testing::ValuesIn(sweep_cases()),
 
 // The query-tile union of large tiles ---------------------------------------------------------------
 
-// The sweep above builds unions of at most 11 x 16 = 176 slots; n = 32 doubles them (352 for
-// prefill_stream's 11 queries), past the 256 up to which NSA_UNION_IN_REGISTERS sorts them in one
-// warp's registers (query_tile_union.cuh): every setting of the query-tile designs, the CTA's
-// build and the persistent producer's, on tiles of both sizes.
-TEST(QueryTileUnion, EverySettingOfTheQueryTileDesignsAtN32) {
-  REQUIRE_GPU();
-  const SelectionShape shape = make_shape(1, 400, 3000, 1, 16, 128, 128, 64, 32);
+// Every catalog setting of the designs that build a query tile's union, checked on `shape` (bf16,
+// random selections, a tenth of the slots empty, one slot a row a block past the query).
+void check_every_query_tile_setting(const SelectionShape& shape, const char* label) {
   std::vector<KernelVariant> variants;
   for (Design d : {Design::prefill_shared, Design::prefill_stream, Design::prefill_group})
     for (auto& v : variants_for(family_of(shape, ElemType::bf16), gpu().device.arch, d)) variants.push_back(v);
   ASSERT_FALSE(variants.empty());
-  std::printf("union n=32: %zu variants\n", variants.size());
-  check_all(variants, shape, ElemType::bf16, SelectionPattern::random, edges(0.1, 1, 0), "union_n32");
+  std::printf("%s: %zu variants\n", label, variants.size());
+  check_all(variants, shape, ElemType::bf16, SelectionPattern::random, edges(0.1, 1, 0), label);
+}
+
+// The sweep above builds unions of at most 11 x 16 = 176 slots; n = 32 doubles them (352 for
+// prefill_stream's 11 queries): every setting of the query-tile designs, the CTA's build and the
+// persistent producer's, on tiles of both sizes (and, built with NSA_UNION_BUILD 2, as bitmaps
+// of their 47 blocks: query_tile_union.cuh).
+TEST(QueryTileUnion, EverySettingOfTheQueryTileDesignsAtN32) {
+  REQUIRE_GPU();
+  check_every_query_tile_setting(make_shape(1, 400, 3000, 1, 16, 128, 128, 64, 32), "union_n32");
+}
+
+// The bitmap build (NSA_UNION_BUILD 2) needs a word for every 32 blocks a tile's queries may see,
+// in the sort's buffer (pow2(qtile * n) words); beyond it the union is sorted. At n = 1 that
+// buffer holds 1 to 16 words (32 to 512 blocks), and the 625 blocks of T_kv = 40000 exceed it:
+// every setting of the query-tile designs falls back to the sort, the CTA's build and the
+// persistent producer's. (The default build sorts every tile.)
+TEST(QueryTileUnion, EverySettingOfTheQueryTileDesignsSortsPastTheBitmap) {
+  REQUIRE_GPU();
+  check_every_query_tile_setting(make_shape(1, 400, 40000, 1, 16, 128, 128, 64, 1), "union_sorted");
 }
 
 // Offsets beyond 2^31 elements ----------------------------------------------------------------------
