@@ -101,11 +101,7 @@ struct QueryTileUnion {
       __syncthreads();
       read_counts();
     } else {
-      if constexpr (BY_BITMAP) {
-        if (const int words = bitmap_words(nq, lim0); words <= SORT_N)
-          return build_by_bitmap<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x, words);
-      }
-      build_by<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x);
+      build_in_shared<THREADS, false>(sel_tile, nq, lim0, (int)threadIdx.x);
     }
   }
 
@@ -117,11 +113,7 @@ struct QueryTileUnion {
     if constexpr (IN_REGISTERS) {
       build_in_registers(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
     } else {
-      if constexpr (BY_BITMAP) {
-        if (const int words = bitmap_words(nq, lim0); words <= SORT_N)
-          return build_by_bitmap<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31), words);
-      }
-      build_by<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
+      build_in_shared<32, true>(sel_tile, nq, lim0, (int)(threadIdx.x & 31));
     }
   }
 
@@ -276,6 +268,17 @@ struct QueryTileUnion {
     } else {
       __syncthreads();
     }
+  }
+
+  /// The union built by NT threads in shared memory: as a bitmap where NSA_UNION_BUILD 2 asks for
+  /// it and the tile's visible blocks fit, else sorted.
+  template <int NT, bool WARP_ONLY>
+  __device__ __forceinline__ void build_in_shared(const int* sel_tile, int nq, long long lim0, int tid) {
+    if constexpr (BY_BITMAP) {
+      if (const int words = bitmap_words(nq, lim0); words <= SORT_N)
+        return build_by_bitmap<NT, WARP_ONLY>(sel_tile, nq, lim0, tid, words);
+    }
+    build_by<NT, WARP_ONLY>(sel_tile, nq, lim0, tid);
   }
 
   /// The last step of build_by and build_by_bitmap, once ulist and its cleared masks are written
